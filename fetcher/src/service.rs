@@ -1,0 +1,199 @@
+//! The fetcher service: requests from the frontier, pages to PAGES.
+//! Publish the page, await its JetStream ack, then ack the request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::{self, message::PublishMessage, AckKind};
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use jetcrawl_shared::canon::fp_hex;
+use jetcrawl_shared::consume::{self, ack, give_up, nak_backoff, with_progress, ConsumeOptions};
+use jetcrawl_shared::message::{CrawlRequest, Page};
+use jetcrawl_shared::telemetry::Metrics;
+use jetcrawl_shared::topology::{self, ack_wait, Names, Role};
+use jetcrawl_shared::CompiledSpider;
+
+use crate::error::FetchError;
+use crate::fetch::{FetchOutcome, Fetcher};
+
+/// Everything a fetcher process needs.
+pub struct FetcherConfig {
+    /// The spider.
+    pub spider: CompiledSpider,
+    /// A connected NATS client.
+    pub nats: async_nats::Client,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Requests in flight in this process (all hosts together).
+    pub concurrency: usize,
+}
+
+struct Ctx {
+    fetcher: Fetcher,
+    js: jetstream::Context,
+    names: Names,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+}
+
+/// Room left in a NATS message for headers, next to the body.
+const HEADER_ROOM: usize = 64 * 1024;
+
+/// Run until `shutdown`; in-flight requests finish or go back to the stream.
+pub async fn run(cfg: FetcherConfig, shutdown: CancellationToken) -> Result<(), FetchError> {
+    let js = jetstream::new(cfg.nats.clone());
+    topology::ensure_streams(&js, &cfg.spider.spider).await?;
+    let body_cap = cfg
+        .nats
+        .server_info()
+        .max_payload
+        .saturating_sub(HEADER_ROOM)
+        .max(64 * 1024);
+    let spider = Arc::new(cfg.spider.clone());
+    let ctx = Arc::new(Ctx {
+        fetcher: Fetcher::new(spider.clone(), body_cap, cfg.metrics.clone())?,
+        js: js.clone(),
+        names: Names::new(cfg.spider.name()),
+        metrics: cfg.metrics.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let opts = ConsumeOptions {
+        role: Role::Fetcher,
+        max_in_flight: cfg.concurrency,
+        max_ack_pending: 10_000,
+        // Busy hosts hand requests back with delayed naks, which count as deliveries.
+        poison_deliveries: 200,
+        drain_deadline: Duration::from_secs(20),
+    };
+    consume::consume(
+        js,
+        Arc::new(cfg.spider.spider.clone()),
+        opts,
+        cfg.metrics.clone(),
+        shutdown,
+        move |msg| handle(ctx.clone(), msg),
+    )
+    .await;
+    Ok(())
+}
+
+async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message) {
+    let req: CrawlRequest = match serde_json::from_slice(&msg.payload) {
+        Ok(r) => r,
+        Err(e) => {
+            let reason = format!("not a crawl request: {e}");
+            give_up(&ctx.js, &ctx.names, "fetcher", &msg, &reason, &ctx.metrics).await;
+            return;
+        }
+    };
+    let span = tracing::info_span!("fetch", url = %req.url, tries = req.tries);
+    async {
+        if let Some(not_before) = req.not_before_ms {
+            let wait_ms = not_before - chrono::Utc::now().timestamp_millis();
+            if wait_ms > 2_000 {
+                ack(
+                    &msg,
+                    AckKind::Nak(Some(Duration::from_millis(wait_ms as u64))),
+                )
+                .await;
+                return;
+            }
+            if wait_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
+            }
+        }
+        ctx.metrics.in_flight.inc();
+        let every = ack_wait(Role::Fetcher) / 2;
+        let outcome = tokio::select! {
+            out = with_progress(&msg, every, ctx.fetcher.fetch(&req)) => Some(out),
+            // Shutting down: hand the request back now rather than hold the drain.
+            _ = ctx.shutdown.cancelled() => None,
+        };
+        ctx.metrics.in_flight.dec();
+        let Some(outcome) = outcome else {
+            ack(&msg, AckKind::Nak(None)).await;
+            return;
+        };
+        match outcome {
+            FetchOutcome::Page(page) => {
+                let id = req
+                    .page_id
+                    .clone()
+                    .unwrap_or_else(|| fp_hex(page.fingerprint));
+                match publish_page(&ctx, &page, id).await {
+                    Ok(()) => ack(&msg, AckKind::Ack).await,
+                    Err(e) => settle_publish_error(&ctx, &msg, e).await,
+                }
+            }
+            FetchOutcome::Retry { request, delay } => {
+                tracing::info!(
+                    error = request.last_error.as_deref().unwrap_or(""),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "will retry"
+                );
+                match publish_retry(&ctx, &msg, &request).await {
+                    Ok(()) => ack(&msg, AckKind::Ack).await,
+                    Err(e) => settle_publish_error(&ctx, &msg, e).await,
+                }
+            }
+            FetchOutcome::Busy(retry_after) => {
+                ack(&msg, AckKind::Nak(Some(retry_after))).await;
+            }
+            FetchOutcome::Invalid(reason) => {
+                give_up(&ctx.js, &ctx.names, "fetcher", &msg, &reason, &ctx.metrics).await;
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn publish_page(ctx: &Ctx, page: &Page, id: String) -> Result<(), PublishError> {
+    let publish = PublishMessage::build()
+        .headers(page.to_headers())
+        .payload(page.body.clone())
+        .message_id(id);
+    ctx.js
+        .send_publish(ctx.names.pages_subject(), publish)
+        .await?
+        .await?;
+    Ok(())
+}
+
+/// A retry is the same request, republished with its try count and not-before time,
+/// under an id of its own so the duplicate window keeps a redelivery idempotent.
+async fn publish_retry(
+    ctx: &Ctx,
+    msg: &jetstream::Message,
+    req: &CrawlRequest,
+) -> Result<(), PublishError> {
+    let base = req.page_id.clone().unwrap_or_else(|| {
+        url::Url::parse(&req.url)
+            .map(|u| fp_hex(jetcrawl_shared::canon::url_fingerprint(&u)))
+            .unwrap_or_default()
+    });
+    let publish = PublishMessage::build()
+        .payload(Bytes::from(serde_json::to_vec(req).unwrap_or_default()))
+        .message_id(format!("{base}-t{}", req.tries));
+    ctx.js
+        .send_publish(msg.subject.to_string(), publish)
+        .await?
+        .await?;
+    Ok(())
+}
+
+async fn settle_publish_error(ctx: &Ctx, msg: &jetstream::Message, e: PublishError) {
+    let text = e.to_string();
+    if e.kind() == PublishErrorKind::MaxPayloadExceeded {
+        give_up(&ctx.js, &ctx.names, "fetcher", msg, &text, &ctx.metrics).await;
+        return;
+    }
+    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+    let delay = nak_backoff(delivered);
+    tracing::warn!(error = %text, retry_in_ms = delay.as_millis() as u64, "publish failed; request handed back");
+    ack(msg, AckKind::Nak(Some(delay))).await;
+}

@@ -1,0 +1,391 @@
+//! Pure page parsing: extraction rules to items, anchors to in-scope canonical links.
+
+use scraper::{ElementRef, Html, Selector};
+use serde_json::Value;
+use url::Url;
+
+use jetcrawl_shared::canon::{self, host_in_scope};
+use jetcrawl_shared::message::{item_id, Item, Page};
+use jetcrawl_shared::CompiledSpider;
+
+use crate::error::ParseError;
+
+/// Extraction rules with their selectors compiled once.
+#[derive(Debug)]
+pub struct Rules {
+    spider: CompiledSpider,
+    items: Vec<CompiledItemRule>,
+    links: Selector,
+    base: Selector,
+    scope: Vec<String>,
+}
+
+#[derive(Debug)]
+struct CompiledItemRule {
+    item_type: String,
+    key: Option<String>,
+    fields: Vec<CompiledField>,
+}
+
+#[derive(Debug)]
+struct CompiledField {
+    name: String,
+    selector: Selector,
+    attr: Option<String>,
+    absolute: bool,
+    all: bool,
+}
+
+/// What a page yields.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Extracted {
+    /// Items, one per matching rule.
+    pub items: Vec<Item>,
+    /// In-scope, allowed, canonical links at `depth + 1`, each once.
+    pub links: Vec<Url>,
+}
+
+impl Rules {
+    /// Compile the spider's selectors; a bad selector names its field.
+    pub fn new(spider: &CompiledSpider) -> Result<Self, ParseError> {
+        let mut items = Vec::new();
+        for rule in &spider.spider.items {
+            let mut fields = Vec::new();
+            for (name, field) in &rule.fields {
+                let spec = field.spec();
+                let selector = Selector::parse(&spec.css).map_err(|e| ParseError::Selector {
+                    field: format!("{}.{name}", rule.item_type),
+                    css: spec.css.clone(),
+                    reason: e.to_string(),
+                })?;
+                fields.push(CompiledField {
+                    name: name.clone(),
+                    selector,
+                    attr: spec.attr,
+                    absolute: spec.absolute,
+                    all: spec.all,
+                });
+            }
+            items.push(CompiledItemRule {
+                item_type: rule.item_type.clone(),
+                key: rule.key.clone(),
+                fields,
+            });
+        }
+        let fixed = |css: &str| {
+            Selector::parse(css).map_err(|e| ParseError::Selector {
+                field: "links".into(),
+                css: css.into(),
+                reason: e.to_string(),
+            })
+        };
+        Ok(Rules {
+            scope: spider.scope_hosts(),
+            spider: spider.clone(),
+            items,
+            links: fixed("a[href], area[href]")?,
+            base: fixed("base[href]")?,
+        })
+    }
+
+    /// The spider these rules come from.
+    pub fn spider(&self) -> &CompiledSpider {
+        &self.spider
+    }
+
+    /// Items and links of a page. Only 2xx HTML pages yield anything.
+    pub fn parse(&self, page: &Page) -> Extracted {
+        if !page.is_parseable_html() {
+            return Extracted::default();
+        }
+        let text = String::from_utf8_lossy(&page.body);
+        let doc = Html::parse_document(&text);
+        let page_url = canon::canonicalize(&page.final_url, &self.spider.query_filter)
+            .unwrap_or_else(|_| page.final_url.clone());
+        // <base href> changes how relative links resolve.
+        let base = doc
+            .select(&self.base)
+            .next()
+            .and_then(|b| b.value().attr("href"))
+            .and_then(|href| page.final_url.join(href.trim()).ok())
+            .unwrap_or_else(|| page.final_url.clone());
+        let items = self.items(&doc, &page_url, &base, page);
+        let links = if page.depth < self.spider.spider.max_depth {
+            self.links(&doc, &base, &page_url)
+        } else {
+            Vec::new()
+        };
+        Extracted { items, links }
+    }
+
+    fn items(&self, doc: &Html, page_url: &Url, base: &Url, page: &Page) -> Vec<Item> {
+        let mut out = Vec::new();
+        for (rule, matcher) in self.items.iter().zip(&self.spider.item_matches) {
+            if !matcher.is_match(page_url.as_str()) {
+                continue;
+            }
+            let mut data = serde_json::Map::new();
+            for field in &rule.fields {
+                let mut values = doc
+                    .select(&field.selector)
+                    .filter_map(|el| field_value(el, field, base));
+                let value = if field.all {
+                    Value::Array(values.map(Value::String).collect())
+                } else {
+                    values.next().map(Value::String).unwrap_or(Value::Null)
+                };
+                data.insert(field.name.clone(), value);
+            }
+            let key = rule.key.as_ref().and_then(|k| data.get(k));
+            out.push(Item {
+                crawl: self.spider.name().to_string(),
+                item_id: item_id(page_url.as_str(), &rule.item_type, key),
+                item_type: rule.item_type.clone(),
+                url: page_url.to_string(),
+                data,
+                fetched_at: page.fetched_at,
+            });
+        }
+        out
+    }
+
+    fn links(&self, doc: &Html, base: &Url, page_url: &Url) -> Vec<Url> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for el in doc.select(&self.links) {
+            let Some(href) = el.value().attr("href") else {
+                continue;
+            };
+            if let Some(url) = self.follow(href, Some(base), page_url) {
+                if seen.insert(url.as_str().to_string()) {
+                    out.push(url);
+                }
+            }
+        }
+        out
+    }
+
+    /// Canonicalize a link and apply scope and follow rules; `None` if not to be followed.
+    pub fn follow(&self, href: &str, base: Option<&Url>, page_url: &Url) -> Option<Url> {
+        let url = canon::canonicalize_str(href, base, &self.spider.query_filter).ok()?;
+        let host = url.host_str()?;
+        // With no allowed_domains, the seeds' hosts are the scope: a page was fetched
+        // only if in scope, so its own host counts too.
+        let in_scope = host_in_scope(host, &self.scope)
+            || (self.spider.spider.allowed_domains.is_empty() && Some(host) == page_url.host_str());
+        if !in_scope {
+            return None;
+        }
+        self.allowed_by_rules(&url).then_some(url)
+    }
+
+    /// `follow.allow` / `follow.deny` on a canonical URL.
+    pub fn allowed_by_rules(&self, url: &Url) -> bool {
+        let s = url.as_str();
+        (self.spider.follow_allow.is_empty()
+            || self.spider.follow_allow.iter().any(|r| r.is_match(s)))
+            && !self.spider.follow_deny.iter().any(|r| r.is_match(s))
+    }
+
+    /// Whether a seed's host is in scope (always, with no `allowed_domains`).
+    pub fn seed_in_scope(&self, url: &Url) -> bool {
+        self.spider.spider.allowed_domains.is_empty()
+            || url
+                .host_str()
+                .is_some_and(|h| host_in_scope(h, &self.scope))
+    }
+}
+
+fn field_value(el: ElementRef<'_>, field: &CompiledField, base: &Url) -> Option<String> {
+    let raw = match &field.attr {
+        Some(attr) => el.value().attr(attr)?.trim().to_string(),
+        None => collapse_ws(el.text()),
+    };
+    if field.absolute {
+        return Some(base.join(&raw).map(|u| u.to_string()).unwrap_or(raw));
+    }
+    Some(raw)
+}
+
+/// Text nodes joined, whitespace runs collapsed to one space, trimmed.
+fn collapse_ws<'a>(parts: impl Iterator<Item = &'a str>) -> String {
+    let mut out = String::new();
+    for word in parts.flat_map(str::split_whitespace) {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use chrono::Utc;
+    use std::path::Path;
+
+    const SPIDER: &str = r#"
+name = "t"
+start_urls = ["http://shop.test/"]
+allowed_domains = ["shop.test"]
+max_depth = 2
+[follow]
+deny = ['/private/']
+[[items]]
+type = "product"
+match = '/catalogue/[^/]+/index\.html$'
+[items.fields]
+title = "h1"
+price = "p.price_color"
+image = { css = "div.item img", attr = "src", absolute = true }
+tags  = { css = "ul.breadcrumb li a", all = true }
+missing = "span.nope"
+"#;
+
+    fn rules() -> Rules {
+        let spider = CompiledSpider::from_toml(SPIDER, Path::new("t.toml")).unwrap();
+        Rules::new(&spider).unwrap()
+    }
+
+    fn page(url: &str, depth: u32, html: &str) -> Page {
+        let url = Url::parse(url).unwrap();
+        Page {
+            final_url: url.clone(),
+            fingerprint: canon::url_fingerprint(&url),
+            url,
+            status: Some(200),
+            content_type: Some("text/html".into()),
+            depth,
+            fetched_at: Utc::now(),
+            fetch_ms: 1,
+            tries: 1,
+            charset: None,
+            truncated: false,
+            error: None,
+            error_kind: None,
+            body: Bytes::from(html.to_string()),
+        }
+    }
+
+    const PRODUCT: &str = r#"<html><head><title>x</title></head><body>
+        <ul class="breadcrumb"><li><a href="/">Home</a></li><li><a href="/c/">  Books
+        &amp; more </a></li></ul>
+        <div class="item"><img src="../../media/a.jpg"></div>
+        <h1>  A   Light in the
+        Attic </h1><p class="price_color">£51.77</p>
+        <a href="../other/index.html#x">other</a>
+        <a href="HTTP://SHOP.TEST:80/catalogue/other/index.html?utm_source=x">same other</a>
+        <a href="/private/secret.html">private</a>
+        <a href="https://elsewhere.test/">offsite</a>
+        <a href="mailto:x@y.z">mail</a><a href="javascript:void(0)">js</a><a>no href</a>
+        </body></html>"#;
+
+    #[test]
+    fn extracts_fields_by_rule() {
+        let got = rules().parse(&page(
+            "http://shop.test/catalogue/a-light/index.html",
+            0,
+            PRODUCT,
+        ));
+        assert_eq!(got.items.len(), 1);
+        let item = &got.items[0];
+        assert_eq!(item.item_type, "product");
+        assert_eq!(item.url, "http://shop.test/catalogue/a-light/index.html");
+        assert_eq!(item.data["title"], "A Light in the Attic");
+        assert_eq!(item.data["price"], "£51.77");
+        assert_eq!(item.data["image"], "http://shop.test/media/a.jpg");
+        assert_eq!(
+            item.data["tags"],
+            serde_json::json!(["Home", "Books & more"])
+        );
+        assert_eq!(item.data["missing"], Value::Null);
+    }
+
+    #[test]
+    fn links_are_canonical_scoped_denied_and_unique() {
+        let got = rules().parse(&page(
+            "http://shop.test/catalogue/a-light/index.html",
+            0,
+            PRODUCT,
+        ));
+        let links: Vec<&str> = got.links.iter().map(Url::as_str).collect();
+        assert_eq!(
+            links,
+            vec![
+                "http://shop.test/",
+                "http://shop.test/c/",
+                "http://shop.test/catalogue/other/index.html"
+            ]
+        );
+    }
+
+    #[test]
+    fn depth_limit_stops_links_not_items() {
+        let got = rules().parse(&page(
+            "http://shop.test/catalogue/a-light/index.html",
+            2,
+            PRODUCT,
+        ));
+        assert!(got.links.is_empty());
+        assert_eq!(got.items.len(), 1);
+    }
+
+    #[test]
+    fn non_html_and_errors_yield_nothing() {
+        let mut p = page("http://shop.test/catalogue/a-light/index.html", 0, PRODUCT);
+        p.status = Some(404);
+        assert_eq!(rules().parse(&p), Extracted::default());
+        p.status = Some(200);
+        p.content_type = Some("image/png".into());
+        assert_eq!(rules().parse(&p), Extracted::default());
+    }
+
+    #[test]
+    fn base_href_is_honoured() {
+        let html = r#"<html><head><base href="http://shop.test/catalogue/"></head><body><a href="x/index.html">x</a></body></html>"#;
+        let got = rules().parse(&page("http://shop.test/index.html", 0, html));
+        assert_eq!(
+            got.links[0].as_str(),
+            "http://shop.test/catalogue/x/index.html"
+        );
+    }
+
+    #[test]
+    fn item_id_is_stable_across_url_spellings() {
+        let r = rules();
+        let a = r.parse(&page(
+            "http://shop.test/catalogue/a-light/index.html",
+            0,
+            PRODUCT,
+        ));
+        let b = r.parse(&page(
+            "HTTP://Shop.Test:80/catalogue/./a-light/index.html#top",
+            0,
+            PRODUCT,
+        ));
+        assert_eq!(a.items[0].item_id, b.items[0].item_id);
+    }
+
+    #[test]
+    fn garbage_html_does_not_panic() {
+        let r = rules();
+        for body in [
+            "",
+            "<<<>>>",
+            "<a href='\u{0}'>",
+            "\u{feff}<html><a href=\"http://[::1\">x</a>",
+        ] {
+            let _ = r.parse(&page("http://shop.test/catalogue/z/index.html", 0, body));
+        }
+    }
+
+    #[test]
+    fn bad_selector_names_the_field() {
+        let bad = SPIDER.replace("p.price_color", "p..[");
+        let spider = CompiledSpider::from_toml(&bad, Path::new("t.toml")).unwrap();
+        let err = Rules::new(&spider).unwrap_err().to_string();
+        assert!(err.contains("product.price"), "{err}");
+    }
+}

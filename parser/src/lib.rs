@@ -1,0 +1,17 @@
+//! jetcrawl parser stage: pages in, items and new requests out; also the scheduler
+//! for seeds.
+//!
+//! Layout:
+//! - `extract`: extraction rules and link discovery over one page (pure)
+//! - `schedule`: dupefilter check, publish, await acks, dupefilter add
+//! - `service`: the JetStream loops over pages and seeds
+//! - `error`: classified errors
+
+pub mod error;
+pub mod extract;
+pub mod schedule;
+pub mod service;
+
+pub use error::ParseError;
+pub use extract::{Extracted, Rules};
+pub use service::{run, ParserConfig};

@@ -1,0 +1,245 @@
+//! The parser service: two JetStream loops, pages and seeds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use jetcrawl_shared::canon::{self, fp_hex, url_fingerprint};
+use jetcrawl_shared::consume::{self, ack, give_up, nak_backoff, with_progress, ConsumeOptions};
+use jetcrawl_shared::dupefilter::Dupefilter;
+use jetcrawl_shared::message::{parse_seeds, Page, SeedLine};
+use jetcrawl_shared::telemetry::Metrics;
+use jetcrawl_shared::topology::{self, ack_wait, Names, Role};
+use jetcrawl_shared::CompiledSpider;
+
+use crate::error::ParseError;
+use crate::extract::Rules;
+use crate::schedule::{plan, Emit, Scheduler};
+
+/// Everything a parser process needs.
+pub struct ParserConfig {
+    /// The spider.
+    pub spider: CompiledSpider,
+    /// A connected NATS client.
+    pub nats: async_nats::Client,
+    /// The dupefilter.
+    pub dupefilter: Dupefilter,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Pages parsed at once by this process.
+    pub concurrency: usize,
+}
+
+struct Ctx {
+    rules: Arc<Rules>,
+    scheduler: Scheduler,
+    js: jetstream::Context,
+    names: Names,
+    metrics: Metrics,
+}
+
+/// Run until `shutdown`, then finish in-flight pages and return.
+pub async fn run(cfg: ParserConfig, shutdown: CancellationToken) -> Result<(), ParseError> {
+    let rules = Arc::new(Rules::new(&cfg.spider)?);
+    let js = jetstream::new(cfg.nats.clone());
+    topology::ensure_streams(&js, &cfg.spider.spider).await?;
+    let names = Names::new(cfg.spider.name());
+    let ctx = Arc::new(Ctx {
+        rules,
+        scheduler: Scheduler {
+            js: js.clone(),
+            names: names.clone(),
+            partitions: cfg.spider.spider.streams.partitions,
+            dupefilter: cfg.dupefilter.clone(),
+            metrics: cfg.metrics.clone(),
+        },
+        js: js.clone(),
+        names,
+        metrics: cfg.metrics.clone(),
+    });
+    let spider = Arc::new(cfg.spider.spider.clone());
+    let options = |role| ConsumeOptions {
+        role,
+        max_in_flight: cfg.concurrency,
+        max_ack_pending: 1_000,
+        poison_deliveries: 10,
+        drain_deadline: Duration::from_secs(20),
+    };
+    let pages_ctx = ctx.clone();
+    let pages = consume::consume(
+        js.clone(),
+        spider.clone(),
+        options(Role::Parser),
+        cfg.metrics.clone(),
+        shutdown.clone(),
+        move |msg| handle_page(pages_ctx.clone(), msg),
+    );
+    let seeds_ctx = ctx.clone();
+    let seeds = consume::consume(
+        js,
+        spider,
+        options(Role::Seeds),
+        cfg.metrics.clone(),
+        shutdown,
+        move |msg| handle_seeds(seeds_ctx.clone(), msg),
+    );
+    tokio::join!(pages, seeds);
+    Ok(())
+}
+
+async fn handle_page(ctx: Arc<Ctx>, msg: jetstream::Message) {
+    let page = match Page::from_message(msg.headers.as_ref(), msg.payload.clone()) {
+        Ok(page) => page,
+        Err(e) => {
+            give_up(
+                &ctx.js,
+                &ctx.names,
+                "parser",
+                &msg,
+                &e.to_string(),
+                &ctx.metrics,
+            )
+            .await;
+            return;
+        }
+    };
+    let span = tracing::info_span!("page", url = %page.url, status = ?page.status);
+    async {
+        let depth = page.depth;
+        let redirect_target = (page.final_url != page.url)
+            .then(|| canon::canonicalize(&page.final_url, &ctx.rules.spider().query_filter).ok())
+            .flatten()
+            .map(|u| url_fingerprint(&u));
+        let rules = ctx.rules.clone();
+        // Parsing is CPU work: keep it off the async workers.
+        let extracted = match tokio::task::spawn_blocking(move || rules.parse(&page)).await {
+            Ok(x) => x,
+            Err(e) => {
+                let reason = format!("parser failed on this page: {e}");
+                give_up(&ctx.js, &ctx.names, "parser", &msg, &reason, &ctx.metrics).await;
+                return;
+            }
+        };
+        let emit = Emit {
+            requests: plan(
+                &ctx.names,
+                ctx.scheduler.partitions,
+                &extracted.links,
+                depth + 1,
+            ),
+            forced: Vec::new(),
+            items: extracted.items,
+            also_seen: redirect_target.into_iter().collect(),
+        };
+        let every = ack_wait(Role::Parser) / 2;
+        match with_progress(&msg, every, ctx.scheduler.emit(emit)).await {
+            Ok(new) => {
+                ctx.metrics.pages_parsed.inc();
+                tracing::debug!(new_links = new, "page parsed");
+                ack(&msg, AckKind::Ack).await;
+            }
+            Err(e) => settle_error(&ctx, &msg, e).await,
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn handle_seeds(ctx: Arc<Ctx>, msg: jetstream::Message) {
+    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+    let mut emit = Emit::default();
+    let mut rejected = Vec::new();
+    for line in parse_seeds(&msg.payload) {
+        let seed = match line {
+            SeedLine::Seed(seed) => seed,
+            SeedLine::Invalid { line, reason } => {
+                rejected.push((line, reason));
+                continue;
+            }
+        };
+        let url = match canon::canonicalize_str(&seed.url, None, &ctx.rules.spider().query_filter) {
+            Ok(url) => url,
+            Err(e) => {
+                rejected.push((seed.url, e.to_string()));
+                continue;
+            }
+        };
+        if !ctx.rules.seed_in_scope(&url) {
+            let host = url.host_str().unwrap_or_default().to_string();
+            rejected.push((
+                seed.url,
+                jetcrawl_shared::UrlError::OutOfScope(host).to_string(),
+            ));
+            continue;
+        }
+        let mut planned = plan(
+            &ctx.names,
+            ctx.scheduler.partitions,
+            std::slice::from_ref(&url),
+            0,
+        );
+        if seed.force {
+            // A forced refetch needs ids of its own, or the duplicate windows would
+            // swallow it; the seed's sequence keeps a redelivery idempotent.
+            for p in &mut planned {
+                let id = format!("{}-f{seq}", fp_hex(p.fp));
+                p.msg_id = id.clone();
+                p.request.page_id = Some(id);
+            }
+            emit.forced.extend(planned);
+        } else {
+            emit.requests.extend(planned);
+        }
+    }
+    for (line, reason) in &rejected {
+        tracing::warn!(line = %line, reason = %reason, "seed rejected");
+        if let Err(e) = topology::dead_letter(
+            &ctx.js,
+            &ctx.names,
+            "parser",
+            Some(&msg),
+            Bytes::from(line.clone()),
+            reason,
+        )
+        .await
+        {
+            settle_error(&ctx, &msg, e.into()).await;
+            return;
+        }
+        ctx.metrics
+            .dead_letters
+            .get_or_create(&consume::stage_label("parser"))
+            .inc();
+    }
+    match ctx.scheduler.emit(emit).await {
+        Ok(new) => {
+            tracing::info!(new, rejected = rejected.len(), "seeds scheduled");
+            ack(&msg, AckKind::Ack).await;
+        }
+        Err(e) => settle_error(&ctx, &msg, e).await,
+    }
+}
+
+/// Retryable: nak with backoff (the input waits in its stream). Otherwise dead-letter.
+async fn settle_error(ctx: &Ctx, msg: &jetstream::Message, e: ParseError) {
+    if e.is_retryable() {
+        let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+        let delay = nak_backoff(delivered);
+        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "will retry");
+        ack(msg, AckKind::Nak(Some(delay))).await;
+    } else {
+        give_up(
+            &ctx.js,
+            &ctx.names,
+            "parser",
+            msg,
+            &e.to_string(),
+            &ctx.metrics,
+        )
+        .await;
+    }
+}

@@ -1,0 +1,263 @@
+//! The pull loop every JetStream stage runs: pull with bounded in-flight work, survive
+//! heartbeat and transient errors, dead-letter poison messages, drain on shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull::MessagesErrorKind, AckKind};
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Spider;
+use crate::telemetry::Metrics;
+use crate::topology::{self, Names, Role};
+
+/// How a stage consumes.
+#[derive(Debug, Clone)]
+pub struct ConsumeOptions {
+    /// Which consumer.
+    pub role: Role,
+    /// Messages handled at once by this process.
+    pub max_in_flight: usize,
+    /// Server-side cap on unacked messages for the consumer (all processes together).
+    pub max_ack_pending: i64,
+    /// A message delivered more often than this without an ack is dead-lettered.
+    pub poison_deliveries: i64,
+    /// How long in-flight work may take to finish at shutdown.
+    pub drain_deadline: Duration,
+}
+
+/// Pull messages and run `handler` on each, at most `max_in_flight` at once, until
+/// `shutdown`; then finish in-flight work within the drain deadline.
+pub async fn consume<F, Fut>(
+    js: jetstream::Context,
+    spider: Arc<Spider>,
+    opts: ConsumeOptions,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+    handler: F,
+) where
+    F: Fn(jetstream::Message) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    let names = Names::new(&spider.name);
+    let stage = opts.role.consumer_name();
+    let permits = Arc::new(Semaphore::new(opts.max_in_flight.max(1)));
+    let mut tasks = JoinSet::new();
+    let mut backoff = Duration::from_millis(250);
+    'connect: while !shutdown.is_cancelled() {
+        let consumer =
+            match topology::ensure_consumer(&js, &spider, opts.role, opts.max_ack_pending).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, stage, "consumer not available, retrying");
+                    if sleep_or_shutdown(&shutdown, backoff).await {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+        let stream = consumer
+            .stream()
+            .max_messages_per_batch(opts.max_in_flight.clamp(1, 256))
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await;
+        let mut messages = match stream {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, stage, "pull failed, retrying");
+                if sleep_or_shutdown(&shutdown, backoff).await {
+                    break;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        metrics.set_ready(true);
+        loop {
+            reap(&mut tasks, stage);
+            // Take a slot before pulling, so nothing waits in memory unowned.
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break 'connect,
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break 'connect },
+            };
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break 'connect,
+                n = messages.next() => n,
+            };
+            match next {
+                Some(Ok(msg)) => {
+                    backoff = Duration::from_millis(250);
+                    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+                    if delivered > 1 {
+                        metrics
+                            .redeliveries
+                            .get_or_create(&stage_label(stage))
+                            .inc();
+                    }
+                    if delivered > opts.poison_deliveries {
+                        let js = js.clone();
+                        let names = names.clone();
+                        let metrics = metrics.clone();
+                        tasks.spawn(async move {
+                            let reason =
+                                format!("delivered {delivered} times without being acknowledged");
+                            give_up(&js, &names, stage, &msg, &reason, &metrics).await;
+                            drop(permit);
+                        });
+                        continue;
+                    }
+                    let handler = handler.clone();
+                    tasks.spawn(async move {
+                        handler(msg).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => match e.kind() {
+                    // The server said nothing for a while; the stream re-pulls by itself.
+                    MessagesErrorKind::MissingHeartbeat => {
+                        tracing::debug!(stage, "missed heartbeat");
+                    }
+                    MessagesErrorKind::ConsumerDeleted
+                    | MessagesErrorKind::NoResponders
+                    | MessagesErrorKind::Pull
+                    | MessagesErrorKind::PushBasedConsumer
+                    | MessagesErrorKind::RequestLimitExceeded
+                    | MessagesErrorKind::Other => {
+                        tracing::warn!(error = %e, stage, "pull stream failed, re-subscribing");
+                        metrics.set_ready(false);
+                        if sleep_or_shutdown(&shutdown, backoff).await {
+                            break 'connect;
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue 'connect;
+                    }
+                },
+                None => {
+                    tracing::warn!(stage, "pull stream ended, re-subscribing");
+                    continue 'connect;
+                }
+            }
+        }
+    }
+    metrics.set_ready(false);
+    tracing::info!(stage, in_flight = tasks.len(), "draining");
+    let drained = tokio::time::timeout(opts.drain_deadline, async {
+        while let Some(res) = tasks.join_next().await {
+            log_join(res, stage);
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            stage,
+            left = tasks.len(),
+            "drain deadline passed; unfinished messages will be redelivered"
+        );
+        tasks.abort_all();
+    }
+}
+
+/// Dead-letter a message and terminate it; if the dead letter cannot be stored, nak
+/// it so nothing is lost.
+pub async fn give_up(
+    js: &jetstream::Context,
+    names: &Names,
+    stage: &str,
+    msg: &jetstream::Message,
+    reason: &str,
+    metrics: &Metrics,
+) {
+    tracing::warn!(stage, subject = %msg.subject, reason, "dead-lettering message");
+    match topology::dead_letter(js, names, stage, Some(msg), msg.payload.clone(), reason).await {
+        Ok(()) => {
+            metrics
+                .dead_letters
+                .get_or_create(&stage_label(stage))
+                .inc();
+            ack(msg, AckKind::Term).await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, stage, "dead letter not stored; will retry");
+            ack(msg, AckKind::Nak(Some(Duration::from_secs(5)))).await;
+        }
+    }
+}
+
+/// Send an ack of any kind; a failed ack only means a redelivery later, so log it.
+pub async fn ack(msg: &jetstream::Message, kind: AckKind) {
+    if let Err(e) = msg.ack_with(kind).await {
+        tracing::debug!(error = %e, "ack not delivered; message will be redelivered");
+    }
+}
+
+/// Run `work` while telling the server every `every` that `msg` is still in progress.
+pub async fn with_progress<T>(
+    msg: &jetstream::Message,
+    every: Duration,
+    work: impl Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = ticker.tick() => {
+                let _ = msg.ack_with(AckKind::Progress).await;
+            }
+        }
+    }
+}
+
+/// `stage` as a metric label set.
+pub fn stage_label(stage: &str) -> Vec<(String, String)> {
+    vec![("stage".to_string(), stage.to_string())]
+}
+
+/// Exponential backoff for redelivery `delivered` (1-based): 1 s, 2 s, 4 s … 60 s.
+pub fn nak_backoff(delivered: i64) -> Duration {
+    let exp = (delivered.max(1) - 1).min(6) as u32;
+    Duration::from_secs(1u64 << exp).min(Duration::from_secs(60))
+}
+
+async fn sleep_or_shutdown(shutdown: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}
+
+fn reap(tasks: &mut JoinSet<()>, stage: &str) {
+    while let Some(res) = tasks.try_join_next() {
+        log_join(res, stage);
+    }
+}
+
+fn log_join(res: Result<(), tokio::task::JoinError>, stage: &str) {
+    if let Err(e) = res {
+        if e.is_panic() {
+            // The message was not acked: it is redelivered and, if it keeps failing,
+            // dead-lettered by the poison check.
+            tracing::error!(stage, error = %e, "message handler panicked");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nak_backoff_grows_and_caps() {
+        assert_eq!(nak_backoff(1), Duration::from_secs(1));
+        assert_eq!(nak_backoff(3), Duration::from_secs(4));
+        assert_eq!(nak_backoff(100), Duration::from_secs(60));
+    }
+}

@@ -1,0 +1,27 @@
+//! Shared pieces of jetcrawl's stages.
+//!
+//! Layout:
+//! - `config`: the spider file (TOML), parsed and validated
+//! - `canon`: canonical URLs, fingerprints, scope and partitions
+//! - `message`: requests, pages (headers + body) and items on the wire
+//! - `dupefilter`: seen-fingerprint sets in Redis (compact buckets) or in memory
+//! - `topology`: subjects, streams, consumers, dead letters
+//! - `consume`: the pull loop every JetStream stage runs
+//! - `telemetry`: tracing, Prometheus metrics, health endpoints
+//! - `shutdown`: signals to a cancellation token
+//! - `status`: stream depths and consumer lag for `jetcrawl status`
+//! - `error`: classified errors
+
+pub mod canon;
+pub mod config;
+pub mod consume;
+pub mod dupefilter;
+pub mod error;
+pub mod message;
+pub mod shutdown;
+pub mod status;
+pub mod telemetry;
+pub mod topology;
+
+pub use config::{CompiledSpider, Spider};
+pub use error::{ConfigError, Error, UrlError};

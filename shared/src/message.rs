@@ -1,0 +1,401 @@
+//! What travels between stages: requests (frontier), pages (fetched bodies with
+//! metadata in headers) and items (JSON).
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::error::Error;
+
+/// Header names. Page metadata rides in headers so the body stays a plain payload.
+pub mod header {
+    /// Canonical URL that was requested.
+    pub const URL: &str = "Jetcrawl-Url";
+    /// URL after redirects.
+    pub const FINAL_URL: &str = "Jetcrawl-Final-Url";
+    /// HTTP status (absent when the fetch failed without a response).
+    pub const STATUS: &str = "Jetcrawl-Status";
+    /// Response Content-Type.
+    pub const CONTENT_TYPE: &str = "Jetcrawl-Content-Type";
+    /// Hops from a seed.
+    pub const DEPTH: &str = "Jetcrawl-Depth";
+    /// Request fingerprint, 16 hex digits.
+    pub const FINGERPRINT: &str = "Jetcrawl-Fingerprint";
+    /// When the response was received (RFC 3339).
+    pub const FETCHED_AT: &str = "Jetcrawl-Fetched-At";
+    /// Milliseconds the fetch took.
+    pub const FETCH_MS: &str = "Jetcrawl-Fetch-Ms";
+    /// Fetch attempts made.
+    pub const TRIES: &str = "Jetcrawl-Tries";
+    /// Encoding the body was decoded from (the payload is always UTF-8).
+    pub const CHARSET: &str = "Jetcrawl-Charset";
+    /// "true" when the body was cut at the size cap.
+    pub const TRUNCATED: &str = "Jetcrawl-Truncated";
+    /// Why a fetch failed, or why a message was dead-lettered.
+    pub const ERROR: &str = "Jetcrawl-Error";
+    /// Low-cardinality class of the error.
+    pub const ERROR_KIND: &str = "Jetcrawl-Error-Kind";
+    /// Dead letters: the stage that gave up.
+    pub const STAGE: &str = "Jetcrawl-Stage";
+    /// Dead letters: the subject the message came from.
+    pub const SOURCE_SUBJECT: &str = "Jetcrawl-Source-Subject";
+    /// Dead letters: the stream sequence it had there.
+    pub const SOURCE_SEQ: &str = "Jetcrawl-Source-Seq";
+}
+
+/// A request in the frontier: JSON payload of `jetcrawl.<crawl>.frontier.<p>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrawlRequest {
+    /// Canonical URL.
+    pub url: String,
+    /// Hops from a seed.
+    #[serde(default)]
+    pub depth: u32,
+    /// Fetch attempts already made (retries republish with this incremented).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tries: u32,
+    /// Not to be fetched before this instant (unix milliseconds): retry backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<i64>,
+    /// Message id for the page this request produces (default: the fingerprint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_id: Option<String>,
+    /// The last retryable error, kept for the final page record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A seed given as JSON on `jetcrawl.<crawl>.seeds`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedRequest {
+    /// The URL.
+    pub url: String,
+    /// Fetch even if the URL was seen before.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// One line of a seed message, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeedLine {
+    /// A seed to schedule.
+    Seed(SeedRequest),
+    /// A line that is neither a URL nor a JSON request; the text is the reason.
+    Invalid {
+        /// The line, truncated.
+        line: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+}
+
+/// Parse a seed message body: a JSON request object, or one URL per line.
+/// Blank lines and `#` comments are skipped.
+pub fn parse_seeds(body: &[u8]) -> Vec<SeedLine> {
+    let text = String::from_utf8_lossy(body);
+    let trimmed = text.trim();
+    if trimmed.starts_with('{') {
+        return vec![match serde_json::from_str::<SeedRequest>(trimmed) {
+            Ok(seed) => SeedLine::Seed(seed),
+            Err(e) => SeedLine::Invalid {
+                line: clip(trimmed),
+                reason: format!("invalid json seed: {e}"),
+            },
+        }];
+    }
+    trimmed
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            if l.starts_with('{') {
+                match serde_json::from_str::<SeedRequest>(l) {
+                    Ok(seed) => SeedLine::Seed(seed),
+                    Err(e) => SeedLine::Invalid {
+                        line: clip(l),
+                        reason: format!("invalid json seed: {e}"),
+                    },
+                }
+            } else {
+                SeedLine::Seed(SeedRequest {
+                    url: l.to_string(),
+                    force: false,
+                })
+            }
+        })
+        .collect()
+}
+
+fn clip(s: &str) -> String {
+    let mut end = s.len().min(300);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// A fetched page (or the final record of a failed fetch).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// Canonical requested URL.
+    pub url: Url,
+    /// URL after redirects.
+    pub final_url: Url,
+    /// HTTP status, if a response arrived.
+    pub status: Option<u16>,
+    /// Response Content-Type.
+    pub content_type: Option<String>,
+    /// Hops from a seed.
+    pub depth: u32,
+    /// Request fingerprint.
+    pub fingerprint: u64,
+    /// When the response (or final error) happened.
+    pub fetched_at: DateTime<Utc>,
+    /// Fetch duration.
+    pub fetch_ms: u64,
+    /// Attempts made.
+    pub tries: u32,
+    /// Source encoding of the body.
+    pub charset: Option<String>,
+    /// Body cut at the cap.
+    pub truncated: bool,
+    /// Why the fetch failed, for error records.
+    pub error: Option<String>,
+    /// Error class, for error records.
+    pub error_kind: Option<String>,
+    /// Body as UTF-8 (textual types) or raw bytes; empty for error records.
+    pub body: Bytes,
+}
+
+impl Page {
+    /// Whether items and links should be extracted: a 2xx HTML(ish) response.
+    pub fn is_parseable_html(&self) -> bool {
+        let ok = matches!(self.status, Some(200..=299));
+        let html = match &self.content_type {
+            None => true,
+            Some(ct) => {
+                let ct = ct.to_ascii_lowercase();
+                ct.contains("html") || ct.contains("xml")
+            }
+        };
+        ok && html && self.error.is_none()
+    }
+
+    /// Metadata as NATS headers.
+    pub fn to_headers(&self) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::URL, self.url.as_str());
+        h.insert(header::FINAL_URL, self.final_url.as_str());
+        if let Some(status) = self.status {
+            h.insert(header::STATUS, status.to_string().as_str());
+        }
+        if let Some(ct) = &self.content_type {
+            h.insert(header::CONTENT_TYPE, sanitize_header(ct).as_str());
+        }
+        h.insert(header::DEPTH, self.depth.to_string().as_str());
+        h.insert(
+            header::FINGERPRINT,
+            crate::canon::fp_hex(self.fingerprint).as_str(),
+        );
+        h.insert(header::FETCHED_AT, self.fetched_at.to_rfc3339().as_str());
+        h.insert(header::FETCH_MS, self.fetch_ms.to_string().as_str());
+        h.insert(header::TRIES, self.tries.to_string().as_str());
+        if let Some(cs) = &self.charset {
+            h.insert(header::CHARSET, cs.as_str());
+        }
+        if self.truncated {
+            h.insert(header::TRUNCATED, "true");
+        }
+        if let Some(e) = &self.error {
+            h.insert(header::ERROR, sanitize_header(e).as_str());
+        }
+        if let Some(k) = &self.error_kind {
+            h.insert(header::ERROR_KIND, k.as_str());
+        }
+        h
+    }
+
+    /// Rebuild a page from a PAGES message. Fails only for messages no parser can use.
+    pub fn from_message(headers: Option<&HeaderMap>, payload: Bytes) -> Result<Page, Error> {
+        let h = headers.ok_or_else(|| Error::Malformed("page without headers".into()))?;
+        let get = |name: &str| h.get(name).map(|v| v.as_str().to_string());
+        let url_of = |name: &str| -> Result<Url, Error> {
+            let raw = get(name).ok_or_else(|| Error::Malformed(format!("missing {name}")))?;
+            Url::parse(&raw).map_err(|e| Error::Malformed(format!("{name}: {e}")))
+        };
+        let url = url_of(header::URL)?;
+        let final_url = url_of(header::FINAL_URL).unwrap_or_else(|_| url.clone());
+        let num = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok());
+        let fingerprint = get(header::FINGERPRINT)
+            .and_then(|v| crate::canon::parse_fp_hex(&v))
+            .ok_or_else(|| Error::Malformed(format!("missing {}", header::FINGERPRINT)))?;
+        let fetched_at = get(header::FETCHED_AT)
+            .and_then(|v| DateTime::parse_from_rfc3339(&v).ok())
+            .map(|d| d.with_timezone(&Utc))
+            .unwrap_or_else(Utc::now);
+        Ok(Page {
+            url,
+            final_url,
+            status: num(header::STATUS).and_then(|s| u16::try_from(s).ok()),
+            content_type: get(header::CONTENT_TYPE),
+            depth: num(header::DEPTH).unwrap_or(0) as u32,
+            fingerprint,
+            fetched_at,
+            fetch_ms: num(header::FETCH_MS).unwrap_or(0),
+            tries: num(header::TRIES).unwrap_or(1) as u32,
+            charset: get(header::CHARSET),
+            truncated: get(header::TRUNCATED).as_deref() == Some("true"),
+            error: get(header::ERROR),
+            error_kind: get(header::ERROR_KIND),
+            body: payload,
+        })
+    }
+}
+
+/// Header values must not carry CR/LF; long values are clipped.
+pub fn sanitize_header(v: &str) -> String {
+    let mut s: String = v
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if s.len() > 1024 {
+        let mut end = 1024;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+/// An extracted item: JSON payload of `jetcrawl.<crawl>.items`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    /// Crawl name.
+    pub crawl: String,
+    /// Deterministic id (see [`item_id`]).
+    pub item_id: String,
+    /// The rule's type.
+    pub item_type: String,
+    /// Canonical URL of the page (after redirects).
+    pub url: String,
+    /// Field values.
+    pub data: serde_json::Map<String, serde_json::Value>,
+    /// When the page was fetched.
+    pub fetched_at: DateTime<Utc>,
+}
+
+/// Item id: 128-bit hash of the page's canonical URL, the item type and the key
+/// field's value (if the rule names one), as 32 hex digits.
+pub fn item_id(canonical_url: &str, item_type: &str, key: Option<&serde_json::Value>) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(canonical_url.as_bytes());
+    h.update(b"\0");
+    h.update(item_type.as_bytes());
+    if let Some(key) = key {
+        h.update(b"\0");
+        h.update(key.to_string().as_bytes());
+    }
+    format!("{:032x}", h.digest128())
+}
+
+/// Message id of an item publish: the id plus a hash of the content, so a redelivered
+/// page is absorbed by the duplicate window while a replay with new rules is not.
+pub fn item_msg_id(item: &Item) -> String {
+    let data = serde_json::to_vec(&item.data).unwrap_or_default();
+    format!(
+        "{}-{:016x}",
+        item.item_id,
+        xxhash_rust::xxh3::xxh3_64(&data)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeds_plain_lines_json_and_garbage() {
+        let got = parse_seeds(b"https://a.com/\n\n# comment\n  https://b.com/x  \n{\"url\":\"https://c.com/\",\"force\":true}\n{bad json\n");
+        assert_eq!(got.len(), 4);
+        assert_eq!(
+            got[0],
+            SeedLine::Seed(SeedRequest {
+                url: "https://a.com/".into(),
+                force: false
+            })
+        );
+        assert_eq!(
+            got[2],
+            SeedLine::Seed(SeedRequest {
+                url: "https://c.com/".into(),
+                force: true
+            })
+        );
+        assert!(matches!(got[3], SeedLine::Invalid { .. }));
+        let json = parse_seeds(b" {\"url\": \"https://d.com/\"} ");
+        assert_eq!(json.len(), 1);
+        assert!(matches!(&json[0], SeedLine::Seed(s) if s.url == "https://d.com/"));
+    }
+
+    #[test]
+    fn page_headers_round_trip() {
+        let page = Page {
+            url: Url::parse("http://a.com/x").unwrap(),
+            final_url: Url::parse("http://a.com/y").unwrap(),
+            status: Some(200),
+            content_type: Some("text/html; charset=utf-8".into()),
+            depth: 3,
+            fingerprint: 0xdead_beef,
+            fetched_at: DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            fetch_ms: 12,
+            tries: 2,
+            charset: Some("windows-1252".into()),
+            truncated: true,
+            error: None,
+            error_kind: None,
+            body: Bytes::from_static(b"<html></html>"),
+        };
+        let back = Page::from_message(Some(&page.to_headers()), page.body.clone()).unwrap();
+        assert_eq!(back, page);
+    }
+
+    #[test]
+    fn malformed_pages_are_classified() {
+        let err = Page::from_message(None, Bytes::new()).unwrap_err();
+        assert!(!err.is_retryable());
+        let mut h = HeaderMap::new();
+        h.insert(header::URL, "::not a url");
+        assert!(!Page::from_message(Some(&h), Bytes::new())
+            .unwrap_err()
+            .is_retryable());
+    }
+
+    #[test]
+    fn item_ids_are_deterministic_and_keyed() {
+        let a = item_id("http://a.com/x", "book", None);
+        assert_eq!(a, item_id("http://a.com/x", "book", None));
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, item_id("http://a.com/x", "author", None));
+        let k1 = serde_json::json!("1");
+        let k2 = serde_json::json!("2");
+        assert_ne!(
+            item_id("http://a.com/x", "book", Some(&k1)),
+            item_id("http://a.com/x", "book", Some(&k2))
+        );
+    }
+
+    #[test]
+    fn header_values_lose_newlines() {
+        assert_eq!(sanitize_header("a\r\nb"), "a  b");
+    }
+}

@@ -1,0 +1,294 @@
+//! Logging, Prometheus metrics, and the `/metrics`, `/healthz`, `/readyz` endpoints.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+/// Label set: a few low-cardinality pairs.
+pub type Labels = Vec<(String, String)>;
+
+/// Set up `tracing` from `RUST_LOG` (default `info`); `JETCRAWL_LOG_FORMAT=json` for JSON.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if std::env::var("JETCRAWL_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Every metric jetcrawl exports; cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    ready: Arc<AtomicBool>,
+    /// Pages fetched, by status class (2xx, 3xx, 4xx, 5xx, error).
+    pub pages_fetched: Family<Labels, Counter>,
+    /// Fetch failures, by error kind.
+    pub fetch_errors: Family<Labels, Counter>,
+    /// Body bytes received.
+    pub fetched_bytes: Counter,
+    /// Fetch latency.
+    pub fetch_seconds: Histogram,
+    /// Retries scheduled.
+    pub retries: Counter,
+    /// Requests refused by robots.txt.
+    pub robots_denied: Counter,
+    /// Pages parsed.
+    pub pages_parsed: Counter,
+    /// Links found on pages (in scope, after depth/deny rules).
+    pub links_found: Counter,
+    /// Links that were new to the dupefilter and scheduled.
+    pub links_new: Counter,
+    /// Items extracted.
+    pub items_extracted: Counter,
+    /// Items committed to the database.
+    pub items_stored: Counter,
+    /// Sink transaction latency.
+    pub batch_seconds: Histogram,
+    /// Redelivered messages seen, by stage.
+    pub redeliveries: Family<Labels, Counter>,
+    /// Messages dead-lettered, by stage.
+    pub dead_letters: Family<Labels, Counter>,
+    /// Messages being handled now.
+    pub in_flight: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("jetcrawl");
+        let m = MetricsParts {
+            pages_fetched: Family::default(),
+            fetch_errors: Family::default(),
+            fetched_bytes: Counter::default(),
+            fetch_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            retries: Counter::default(),
+            robots_denied: Counter::default(),
+            pages_parsed: Counter::default(),
+            links_found: Counter::default(),
+            links_new: Counter::default(),
+            items_extracted: Counter::default(),
+            items_stored: Counter::default(),
+            batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            redeliveries: Family::default(),
+            dead_letters: Family::default(),
+            in_flight: Gauge::default(),
+        };
+        r.register(
+            "pages_fetched",
+            "Pages fetched, by status class",
+            m.pages_fetched.clone(),
+        );
+        r.register(
+            "fetch_errors",
+            "Fetch failures, by kind",
+            m.fetch_errors.clone(),
+        );
+        r.register(
+            "fetched_bytes",
+            "Body bytes received",
+            m.fetched_bytes.clone(),
+        );
+        r.register(
+            "fetch_duration_seconds",
+            "Fetch latency",
+            m.fetch_seconds.clone(),
+        );
+        r.register("retries", "Fetch retries scheduled", m.retries.clone());
+        r.register(
+            "robots_denied",
+            "Requests refused by robots.txt",
+            m.robots_denied.clone(),
+        );
+        r.register("pages_parsed", "Pages parsed", m.pages_parsed.clone());
+        r.register("links_found", "In-scope links found", m.links_found.clone());
+        r.register(
+            "links_new",
+            "Links new to the dupefilter",
+            m.links_new.clone(),
+        );
+        r.register(
+            "items_extracted",
+            "Items extracted",
+            m.items_extracted.clone(),
+        );
+        r.register(
+            "items_stored",
+            "Items committed to the database",
+            m.items_stored.clone(),
+        );
+        r.register(
+            "sink_batch_duration_seconds",
+            "Sink transaction latency",
+            m.batch_seconds.clone(),
+        );
+        r.register(
+            "redeliveries",
+            "Redelivered messages, by stage",
+            m.redeliveries.clone(),
+        );
+        r.register(
+            "dead_letters",
+            "Dead-lettered messages, by stage",
+            m.dead_letters.clone(),
+        );
+        r.register(
+            "in_flight_messages",
+            "Messages being handled",
+            m.in_flight.clone(),
+        );
+        Metrics {
+            registry: Arc::new(r),
+            ready: Arc::new(AtomicBool::new(false)),
+            pages_fetched: m.pages_fetched,
+            fetch_errors: m.fetch_errors,
+            fetched_bytes: m.fetched_bytes,
+            fetch_seconds: m.fetch_seconds,
+            retries: m.retries,
+            robots_denied: m.robots_denied,
+            pages_parsed: m.pages_parsed,
+            links_found: m.links_found,
+            links_new: m.links_new,
+            items_extracted: m.items_extracted,
+            items_stored: m.items_stored,
+            batch_seconds: m.batch_seconds,
+            redeliveries: m.redeliveries,
+            dead_letters: m.dead_letters,
+            in_flight: m.in_flight,
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Mark the stage ready (consuming) or not.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Whether the stage is consuming.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// `2xx`, `3xx`, `4xx`, `5xx` or `error`.
+    pub fn status_class(status: Option<u16>) -> Labels {
+        let class = match status {
+            Some(s) => format!("{}xx", s / 100),
+            None => "error".to_string(),
+        };
+        vec![("status".to_string(), class)]
+    }
+}
+
+struct MetricsParts {
+    pages_fetched: Family<Labels, Counter>,
+    fetch_errors: Family<Labels, Counter>,
+    fetched_bytes: Counter,
+    fetch_seconds: Histogram,
+    retries: Counter,
+    robots_denied: Counter,
+    pages_parsed: Counter,
+    links_found: Counter,
+    links_new: Counter,
+    items_extracted: Counter,
+    items_stored: Counter,
+    batch_seconds: Histogram,
+    redeliveries: Family<Labels, Counter>,
+    dead_letters: Family<Labels, Counter>,
+    in_flight: Gauge,
+}
+
+/// Serve `/metrics`, `/healthz` and `/readyz` on `addr` until shutdown. Returns the
+/// bound address (useful with port 0).
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    use axum::{http::StatusCode, routing::get, Router};
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let m1 = metrics.clone();
+    let m2 = metrics;
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = m1.clone();
+                async move {
+                    (
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let m = m2.clone();
+                async move {
+                    if m.is_ready() {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                    }
+                }
+            }),
+        );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+    });
+    tracing::info!(addr = %bound, "metrics listening");
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_render_with_prefix() {
+        let m = Metrics::new();
+        m.items_stored.inc_by(3);
+        m.pages_fetched
+            .get_or_create(&Metrics::status_class(Some(404)))
+            .inc();
+        let text = m.render();
+        assert!(text.contains("jetcrawl_items_stored_total 3"), "{text}");
+        assert!(
+            text.contains("jetcrawl_pages_fetched_total{status=\"4xx\"} 1"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,305 @@
+//! Subjects, streams and consumers of one crawl, created idempotently by whoever
+//! starts first (`init` or any service).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self,
+    consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer},
+    stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Spider;
+use crate::error::Error;
+
+/// Every subject, stream and consumer name of one crawl.
+#[derive(Debug, Clone)]
+pub struct Names {
+    crawl: String,
+}
+
+/// The durable consumers, one per role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Fetchers pull requests from `frontier.>`.
+    Fetcher,
+    /// Parsers pull seeds from `seeds`.
+    Seeds,
+    /// Parsers pull pages.
+    Parser,
+    /// Sinks pull items.
+    Sink,
+}
+
+impl Role {
+    /// Durable consumer name.
+    pub fn consumer_name(self) -> &'static str {
+        match self {
+            Role::Fetcher => "fetcher",
+            Role::Seeds => "seeds",
+            Role::Parser => "parser",
+            Role::Sink => "sink",
+        }
+    }
+}
+
+impl Names {
+    /// Names for a crawl.
+    pub fn new(crawl: &str) -> Self {
+        Names {
+            crawl: crawl.to_string(),
+        }
+    }
+    /// The crawl name.
+    pub fn crawl(&self) -> &str {
+        &self.crawl
+    }
+    /// `jetcrawl.<crawl>.seeds`
+    pub fn seeds_subject(&self) -> String {
+        format!("jetcrawl.{}.seeds", self.crawl)
+    }
+    /// `jetcrawl.<crawl>.frontier.<p>`
+    pub fn frontier_subject(&self, partition: u32) -> String {
+        format!("jetcrawl.{}.frontier.{partition}", self.crawl)
+    }
+    /// `jetcrawl.<crawl>.frontier.>`
+    pub fn frontier_wildcard(&self) -> String {
+        format!("jetcrawl.{}.frontier.>", self.crawl)
+    }
+    /// `jetcrawl.<crawl>.pages`
+    pub fn pages_subject(&self) -> String {
+        format!("jetcrawl.{}.pages", self.crawl)
+    }
+    /// `jetcrawl.<crawl>.items`
+    pub fn items_subject(&self) -> String {
+        format!("jetcrawl.{}.items", self.crawl)
+    }
+    /// `jetcrawl.<crawl>.dead.<stage>`
+    pub fn dead_subject(&self, stage: &str) -> String {
+        format!("jetcrawl.{}.dead.{stage}", self.crawl)
+    }
+    /// Stream names.
+    pub fn frontier_stream(&self) -> String {
+        format!("JETCRAWL_{}_FRONTIER", self.crawl)
+    }
+    /// Stream names.
+    pub fn pages_stream(&self) -> String {
+        format!("JETCRAWL_{}_PAGES", self.crawl)
+    }
+    /// Stream names.
+    pub fn items_stream(&self) -> String {
+        format!("JETCRAWL_{}_ITEMS", self.crawl)
+    }
+    /// Stream names.
+    pub fn dead_stream(&self) -> String {
+        format!("JETCRAWL_{}_DEAD", self.crawl)
+    }
+    /// The stream a role's consumer lives on.
+    pub fn stream_of(&self, role: Role) -> String {
+        match role {
+            Role::Fetcher | Role::Seeds => self.frontier_stream(),
+            Role::Parser => self.pages_stream(),
+            Role::Sink => self.items_stream(),
+        }
+    }
+    /// All four streams.
+    pub fn streams(&self) -> [String; 4] {
+        [
+            self.frontier_stream(),
+            self.pages_stream(),
+            self.items_stream(),
+            self.dead_stream(),
+        ]
+    }
+}
+
+/// Ack wait per role: a message unacked this long is redelivered. In-flight work longer
+/// than half of it sends `Progress`.
+pub fn ack_wait(role: Role) -> Duration {
+    match role {
+        Role::Fetcher => Duration::from_secs(60),
+        Role::Seeds | Role::Parser => Duration::from_secs(60),
+        Role::Sink => Duration::from_secs(60),
+    }
+}
+
+/// Connect to NATS, retrying until it answers or shutdown is asked for.
+pub async fn connect(
+    url: &str,
+    name: &str,
+    shutdown: &CancellationToken,
+) -> Result<async_nats::Client, Error> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let opts = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(Duration::from_secs(5))
+            .max_reconnects(None)
+            .request_timeout(Some(Duration::from_secs(10)));
+        match opts.connect(url).await {
+            Ok(client) => return Ok(client),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "nats not reachable");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(Error::Connect(e.to_string())),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Create or update the crawl's four streams.
+pub async fn ensure_streams(js: &jetstream::Context, spider: &Spider) -> Result<(), Error> {
+    let names = Names::new(&spider.name);
+    let s = &spider.streams;
+    let hours = |h: u64| Duration::from_secs(h * 3600);
+    let configs = [
+        stream::Config {
+            name: names.frontier_stream(),
+            description: Some(format!(
+                "jetcrawl {}: seeds and requests to fetch",
+                spider.name
+            )),
+            subjects: vec![names.frontier_wildcard(), names.seeds_subject()],
+            retention: RetentionPolicy::WorkQueue,
+            discard: DiscardPolicy::New,
+            max_messages: s.frontier_max_msgs,
+            storage: StorageType::File,
+            duplicate_window: Duration::from_secs(s.duplicate_window_secs),
+            ..Default::default()
+        },
+        stream::Config {
+            name: names.pages_stream(),
+            description: Some(format!("jetcrawl {}: fetched pages", spider.name)),
+            subjects: vec![names.pages_subject()],
+            retention: RetentionPolicy::Limits,
+            discard: DiscardPolicy::New,
+            max_bytes: s.pages_max_bytes,
+            max_age: hours(s.pages_max_age_hours),
+            storage: StorageType::File,
+            duplicate_window: Duration::from_secs(s.duplicate_window_secs),
+            ..Default::default()
+        },
+        stream::Config {
+            name: names.items_stream(),
+            description: Some(format!("jetcrawl {}: extracted items", spider.name)),
+            subjects: vec![names.items_subject()],
+            retention: RetentionPolicy::Limits,
+            discard: DiscardPolicy::New,
+            max_bytes: s.items_max_bytes,
+            max_age: hours(s.items_max_age_hours),
+            storage: StorageType::File,
+            duplicate_window: Duration::from_secs(s.duplicate_window_secs),
+            ..Default::default()
+        },
+        stream::Config {
+            name: names.dead_stream(),
+            description: Some(format!(
+                "jetcrawl {}: messages a stage gave up on",
+                spider.name
+            )),
+            subjects: vec![format!("jetcrawl.{}.dead.>", spider.name)],
+            retention: RetentionPolicy::Limits,
+            discard: DiscardPolicy::Old,
+            max_age: hours(30 * 24),
+            storage: StorageType::File,
+            ..Default::default()
+        },
+    ];
+    for config in configs {
+        let name = config.name.clone();
+        if let Err(create_err) = js.create_stream(config.clone()).await {
+            // Exists with another configuration (say, new limits): update in place.
+            js.update_stream(config)
+                .await
+                .map_err(|update_err| Error::JetStream {
+                    op: "create stream",
+                    message: format!("{name}: {create_err}; update: {update_err}"),
+                })?;
+        }
+    }
+    Ok(())
+}
+
+/// Create or update a role's durable pull consumer and return it.
+pub async fn ensure_consumer(
+    js: &jetstream::Context,
+    spider: &Spider,
+    role: Role,
+    max_ack_pending: i64,
+) -> Result<PullConsumer, Error> {
+    let names = Names::new(&spider.name);
+    let filter_subject = match role {
+        Role::Fetcher => names.frontier_wildcard(),
+        Role::Seeds => names.seeds_subject(),
+        Role::Parser => names.pages_subject(),
+        Role::Sink => names.items_subject(),
+    };
+    let config = pull::Config {
+        durable_name: Some(role.consumer_name().to_string()),
+        description: Some(format!("jetcrawl {} {}", spider.name, role.consumer_name())),
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: ack_wait(role),
+        // Unlimited: stages count their own attempts and dead-letter poison messages
+        // themselves, so the server never silently stops delivering one.
+        max_deliver: -1,
+        max_ack_pending,
+        filter_subject,
+        ..Default::default()
+    };
+    let stream = js
+        .get_stream(names.stream_of(role))
+        .await
+        .map_err(|e| Error::js("get stream", e))?;
+    stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| Error::js("create consumer", e))
+}
+
+/// Publish a message a stage gave up on to `dead.<stage>`, with the reason, and wait
+/// for the stream to store it.
+pub async fn dead_letter(
+    js: &jetstream::Context,
+    names: &Names,
+    stage: &str,
+    source: Option<&jetstream::Message>,
+    payload: bytes::Bytes,
+    reason: &str,
+) -> Result<(), Error> {
+    use crate::message::{header, sanitize_header};
+    // Keep the original headers (page metadata) but never its message id: a dead
+    // letter must not be deduplicated against the original.
+    let mut headers = async_nats::HeaderMap::new();
+    if let Some(original) = source.and_then(|m| m.headers.as_ref()) {
+        for (name, values) in original.iter() {
+            if AsRef::<str>::as_ref(name).eq_ignore_ascii_case("Nats-Msg-Id") {
+                continue;
+            }
+            for v in values {
+                headers.append(name.clone(), v.clone());
+            }
+        }
+    }
+    headers.insert(header::ERROR, sanitize_header(reason).as_str());
+    headers.insert(header::STAGE, stage);
+    if let Some(m) = source {
+        headers.insert(header::SOURCE_SUBJECT, m.subject.as_str());
+        if let Ok(info) = m.info() {
+            headers.insert(
+                header::SOURCE_SEQ,
+                info.stream_sequence.to_string().as_str(),
+            );
+        }
+    }
+    js.publish_with_headers(names.dead_subject(stage), headers, payload)
+        .await
+        .map_err(|e| Error::js("publish dead letter", e))?
+        .await
+        .map_err(|e| Error::js("publish dead letter", e))?;
+    Ok(())
+}

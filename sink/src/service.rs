@@ -1,0 +1,213 @@
+//! The sink service: pull items, batch by size or time, one transaction a batch,
+//! ack after commit. A database outage holds the batch (and so the pull) and retries;
+//! the ITEMS stream is the buffer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use jetcrawl_shared::consume::{self, ack, give_up, ConsumeOptions};
+use jetcrawl_shared::message::Item;
+use jetcrawl_shared::telemetry::Metrics;
+use jetcrawl_shared::topology::{self, ack_wait, Names, Role};
+use jetcrawl_shared::CompiledSpider;
+
+use crate::error::SinkError;
+use crate::store::Store;
+
+/// Everything a sink process needs.
+pub struct SinkConfig {
+    /// The spider.
+    pub spider: CompiledSpider,
+    /// A connected NATS client.
+    pub nats: async_nats::Client,
+    /// Where items go.
+    pub store: Store,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+/// Run until `shutdown`, then write or hand back what is held, and return.
+pub async fn run(cfg: SinkConfig, shutdown: CancellationToken) -> Result<(), SinkError> {
+    let js = jetstream::new(cfg.nats.clone());
+    topology::ensure_streams(&js, &cfg.spider.spider).await?;
+    migrate_until_ready(&cfg.store, &shutdown).await?;
+    let batch_size = cfg.spider.spider.sink.batch_size;
+    let batch_timeout = Duration::from_millis(cfg.spider.spider.sink.batch_timeout_ms);
+    let (tx, rx) = mpsc::channel::<jetstream::Message>(batch_size);
+    let batcher = Batcher {
+        store: cfg.store.clone(),
+        js: js.clone(),
+        names: Names::new(cfg.spider.name()),
+        metrics: cfg.metrics.clone(),
+        batch_size,
+        batch_timeout,
+        shutdown: shutdown.clone(),
+    };
+    let batching = tokio::spawn(batcher.run(rx));
+    let opts = ConsumeOptions {
+        role: Role::Sink,
+        max_in_flight: batch_size,
+        max_ack_pending: (batch_size as i64 * 8).max(1_000),
+        // Held messages can be redelivered once or twice in a long database outage;
+        // only a message that keeps coming back unacked is poison.
+        poison_deliveries: 25,
+        drain_deadline: Duration::from_secs(5),
+    };
+    consume::consume(
+        js,
+        Arc::new(cfg.spider.spider.clone()),
+        opts,
+        cfg.metrics.clone(),
+        shutdown,
+        move |msg| {
+            let tx = tx.clone();
+            async move {
+                // Bounded: when the batcher is busy (or the database down), pulling waits.
+                if let Err(mpsc::error::SendError(msg)) = tx.send(msg).await {
+                    ack(&msg, AckKind::Nak(None)).await;
+                }
+            }
+        },
+    )
+    .await;
+    // The consumer loop has ended and dropped its sender: the batcher flushes and ends.
+    let _ = batching.await;
+    cfg.store.close().await;
+    Ok(())
+}
+
+async fn migrate_until_ready(store: &Store, shutdown: &CancellationToken) -> Result<(), SinkError> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match store.migrate().await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database not ready");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(e),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+struct Batcher {
+    store: Store,
+    js: jetstream::Context,
+    names: Names,
+    metrics: Metrics,
+    batch_size: usize,
+    batch_timeout: Duration,
+    shutdown: CancellationToken,
+}
+
+impl Batcher {
+    async fn run(self, mut rx: mpsc::Receiver<jetstream::Message>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            let deadline = tokio::time::Instant::now() + self.batch_timeout;
+            while batch.len() < self.batch_size {
+                tokio::select! {
+                    m = rx.recv() => match m {
+                        Some(m) => batch.push(m),
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            self.write(batch).await;
+        }
+    }
+
+    /// Decode, store (retrying while the database is away), then ack every message.
+    async fn write(&self, batch: Vec<jetstream::Message>) {
+        let mut msgs = Vec::with_capacity(batch.len());
+        let mut items = Vec::with_capacity(batch.len());
+        for msg in batch {
+            match serde_json::from_slice::<Item>(&msg.payload) {
+                Ok(item) => {
+                    items.push(item);
+                    msgs.push(msg);
+                }
+                Err(e) => {
+                    let reason = format!("not an item: {e}");
+                    give_up(&self.js, &self.names, "sink", &msg, &reason, &self.metrics).await;
+                }
+            }
+        }
+        if items.is_empty() {
+            return;
+        }
+        let mut delay = Duration::from_millis(250);
+        let mut last_progress = Instant::now();
+        loop {
+            let started = Instant::now();
+            match self.store.store(&items).await {
+                Ok(()) => {
+                    self.metrics
+                        .batch_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    self.metrics.items_stored.inc_by(items.len() as u64);
+                    futures::future::join_all(msgs.iter().map(|m| ack(m, AckKind::Ack))).await;
+                    tracing::debug!(items = items.len(), "batch committed");
+                    return;
+                }
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(error = %e, items = items.len(), retry_in_ms = delay.as_millis() as u64, "batch not stored; holding it");
+                    // Keep the held messages ours while we wait.
+                    if last_progress.elapsed() >= ack_wait(Role::Sink) / 3 {
+                        futures::future::join_all(msgs.iter().map(|m| ack(m, AckKind::Progress)))
+                            .await;
+                        last_progress = Instant::now();
+                    }
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => {
+                            futures::future::join_all(msgs.iter().map(|m| ack(m, AckKind::Nak(None)))).await;
+                            return;
+                        }
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    // Something in the batch can never be stored: find it item by item.
+                    tracing::warn!(error = %e, "batch refused; storing items one by one");
+                    self.write_each(msgs, items).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn write_each(&self, msgs: Vec<jetstream::Message>, items: Vec<Item>) {
+        for (msg, item) in msgs.into_iter().zip(items) {
+            match self.store.store(std::slice::from_ref(&item)).await {
+                Ok(()) => {
+                    self.metrics.items_stored.inc();
+                    ack(&msg, AckKind::Ack).await;
+                }
+                Err(e) if e.is_retryable() => {
+                    ack(&msg, AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                }
+                Err(e) => {
+                    give_up(
+                        &self.js,
+                        &self.names,
+                        "sink",
+                        &msg,
+                        &e.to_string(),
+                        &self.metrics,
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+}

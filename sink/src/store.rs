@@ -1,0 +1,212 @@
+//! Idempotent batch writes of items: PostgreSQL (one UNNEST upsert a batch) or SQLite.
+//! SQL lives here and only here.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use sqlx::{ConnectOptions, PgPool, SqlitePool};
+
+use jetcrawl_shared::message::Item;
+
+use crate::error::SinkError;
+
+const PG_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jetcrawl_items (
+    crawl      TEXT        NOT NULL,
+    item_id    TEXT        NOT NULL,
+    item_type  TEXT        NOT NULL,
+    url        TEXT        NOT NULL,
+    data       JSONB       NOT NULL,
+    fetched_at TIMESTAMPTZ,
+    stored_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (crawl, item_id)
+)";
+
+const PG_UPSERT: &str = "
+INSERT INTO jetcrawl_items (crawl, item_id, item_type, url, data, fetched_at, stored_at)
+SELECT c, i, t, u, d::jsonb, f, now()
+FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
+    AS x(c, i, t, u, d, f)
+ON CONFLICT (crawl, item_id) DO UPDATE SET
+    item_type = EXCLUDED.item_type,
+    url = EXCLUDED.url,
+    data = EXCLUDED.data,
+    fetched_at = EXCLUDED.fetched_at,
+    stored_at = EXCLUDED.stored_at";
+
+const SQLITE_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jetcrawl_items (
+    crawl      TEXT NOT NULL,
+    item_id    TEXT NOT NULL,
+    item_type  TEXT NOT NULL,
+    url        TEXT NOT NULL,
+    data       TEXT NOT NULL,
+    fetched_at TEXT,
+    stored_at  TEXT NOT NULL,
+    PRIMARY KEY (crawl, item_id)
+)";
+
+const SQLITE_UPSERT: &str = "
+INSERT INTO jetcrawl_items (crawl, item_id, item_type, url, data, fetched_at, stored_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (crawl, item_id) DO UPDATE SET
+    item_type = excluded.item_type,
+    url = excluded.url,
+    data = excluded.data,
+    fetched_at = excluded.fetched_at,
+    stored_at = excluded.stored_at";
+
+/// Where items go.
+#[derive(Clone, Debug)]
+pub enum Store {
+    /// PostgreSQL.
+    Postgres(PgPool),
+    /// SQLite (embedded mode, single-process use).
+    Sqlite(SqlitePool),
+}
+
+impl Store {
+    /// A pool for `url`. Connections are made lazily, so a sink starts (and waits)
+    /// while the database is down.
+    pub fn connect_lazy(url: &str) -> Result<Self, SinkError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let opts = PgConnectOptions::from_str(url)?
+                .log_statements(tracing::log::LevelFilter::Debug)
+                .application_name("jetcrawl-sink");
+            let pool = PgPoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_lazy_with(opts);
+            Ok(Store::Postgres(pool))
+        } else if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(10));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_lazy_with(opts);
+            Ok(Store::Sqlite(pool))
+        } else {
+            Err(SinkError::UnsupportedUrl(redact(url)))
+        }
+    }
+
+    /// Create the table if missing (safe to run from many sinks at once).
+    pub async fn migrate(&self) -> Result<(), SinkError> {
+        match self {
+            Store::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                // Concurrent CREATE TABLE IF NOT EXISTS can still collide in the catalog.
+                sqlx::query("SELECT pg_advisory_xact_lock(7212870452)")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(PG_SCHEMA).execute(&mut *tx).await?;
+                tx.commit().await?;
+            }
+            Store::Sqlite(pool) => {
+                sqlx::query(SQLITE_SCHEMA).execute(pool).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Upsert a batch in one transaction. Later duplicates of an id in the batch win.
+    pub async fn store(&self, items: &[Item]) -> Result<(), SinkError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let items = dedupe_last(items);
+        match self {
+            Store::Postgres(pool) => {
+                let mut cols = PgColumns::default();
+                for item in &items {
+                    cols.crawl.push(item.crawl.clone());
+                    cols.id.push(item.item_id.clone());
+                    cols.kind.push(item.item_type.clone());
+                    cols.url.push(item.url.clone());
+                    cols.data
+                        .push(serde_json::Value::Object(item.data.clone()).to_string());
+                    cols.fetched.push(item.fetched_at);
+                }
+                sqlx::query(PG_UPSERT)
+                    .bind(cols.crawl)
+                    .bind(cols.id)
+                    .bind(cols.kind)
+                    .bind(cols.url)
+                    .bind(cols.data)
+                    .bind(cols.fetched)
+                    .execute(pool)
+                    .await?;
+            }
+            Store::Sqlite(pool) => {
+                let now = chrono::Utc::now().to_rfc3339();
+                let mut tx = pool.begin().await?;
+                for item in &items {
+                    sqlx::query(SQLITE_UPSERT)
+                        .bind(&item.crawl)
+                        .bind(&item.item_id)
+                        .bind(&item.item_type)
+                        .bind(&item.url)
+                        .bind(serde_json::Value::Object(item.data.clone()).to_string())
+                        .bind(item.fetched_at.to_rfc3339())
+                        .bind(&now)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Close the pool.
+    pub async fn close(&self) {
+        match self {
+            Store::Postgres(p) => p.close().await,
+            Store::Sqlite(p) => p.close().await,
+        }
+    }
+}
+
+#[derive(Default)]
+struct PgColumns {
+    crawl: Vec<String>,
+    id: Vec<String>,
+    kind: Vec<String>,
+    url: Vec<String>,
+    data: Vec<String>,
+    fetched: Vec<chrono::DateTime<chrono::Utc>>,
+}
+
+/// One row per (crawl, item_id), the last one winning: PostgreSQL refuses to update a
+/// row twice in one statement.
+fn dedupe_last(items: &[Item]) -> Vec<&Item> {
+    let mut index = std::collections::HashMap::with_capacity(items.len());
+    let mut out: Vec<&Item> = Vec::with_capacity(items.len());
+    for item in items {
+        match index.entry((item.crawl.as_str(), item.item_id.as_str())) {
+            std::collections::hash_map::Entry::Occupied(e) => out[*e.get()] = item,
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(out.len());
+                out.push(item);
+            }
+        }
+    }
+    out
+}
+
+/// A database URL with any password replaced, for messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "<unparseable url>".to_string(),
+    }
+}
