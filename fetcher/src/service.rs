@@ -14,7 +14,7 @@ use jetcrawl_shared::canon::fp_hex;
 use jetcrawl_shared::consume::{self, ack, give_up, nak_backoff, with_progress, ConsumeOptions};
 use jetcrawl_shared::message::{CrawlRequest, Page};
 use jetcrawl_shared::telemetry::Metrics;
-use jetcrawl_shared::topology::{self, ack_wait, Names, Role};
+use jetcrawl_shared::topology::{self, Names, Role};
 use jetcrawl_shared::CompiledSpider;
 
 use crate::error::FetchError;
@@ -38,6 +38,8 @@ struct Ctx {
     names: Names,
     metrics: Metrics,
     shutdown: CancellationToken,
+    /// How often a long fetch (or politeness wait) tells the server it is in progress.
+    progress_every: Duration,
 }
 
 /// Room left in a NATS message for headers, next to the body.
@@ -60,6 +62,7 @@ pub async fn run(cfg: FetcherConfig, shutdown: CancellationToken) -> Result<(), 
         names: Names::new(cfg.spider.name()),
         metrics: cfg.metrics.clone(),
         shutdown: shutdown.clone(),
+        progress_every: cfg.spider.spider.streams.ack_wait() / 3,
     });
     let opts = ConsumeOptions {
         role: Role::Fetcher,
@@ -107,9 +110,8 @@ async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message) {
             }
         }
         ctx.metrics.in_flight.inc();
-        let every = ack_wait(Role::Fetcher) / 2;
         let outcome = tokio::select! {
-            out = with_progress(&msg, every, ctx.fetcher.fetch(&req)) => Some(out),
+            out = with_progress(&msg, ctx.progress_every, ctx.fetcher.fetch(&req)) => Some(out),
             // Shutting down: hand the request back now rather than hold the drain.
             _ = ctx.shutdown.cancelled() => None,
         };

@@ -13,7 +13,7 @@ use jetcrawl_shared::consume::{self, ack, give_up, nak_backoff, with_progress, C
 use jetcrawl_shared::dupefilter::Dupefilter;
 use jetcrawl_shared::message::{parse_seeds, Page, SeedLine};
 use jetcrawl_shared::telemetry::Metrics;
-use jetcrawl_shared::topology::{self, ack_wait, Names, Role};
+use jetcrawl_shared::topology::{self, Names, Role};
 use jetcrawl_shared::CompiledSpider;
 
 use crate::error::ParseError;
@@ -40,6 +40,8 @@ struct Ctx {
     js: jetstream::Context,
     names: Names,
     metrics: Metrics,
+    /// How often long work tells the server it is still in progress.
+    progress_every: Duration,
 }
 
 /// Run until `shutdown`, then finish in-flight pages and return.
@@ -60,6 +62,7 @@ pub async fn run(cfg: ParserConfig, shutdown: CancellationToken) -> Result<(), P
         js: js.clone(),
         names,
         metrics: cfg.metrics.clone(),
+        progress_every: cfg.spider.spider.streams.ack_wait() / 3,
     });
     let spider = Arc::new(cfg.spider.spider.clone());
     let options = |role| ConsumeOptions {
@@ -135,8 +138,7 @@ async fn handle_page(ctx: Arc<Ctx>, msg: jetstream::Message) {
             items: extracted.items,
             also_seen: redirect_target.into_iter().collect(),
         };
-        let every = ack_wait(Role::Parser) / 2;
-        match with_progress(&msg, every, ctx.scheduler.emit(emit)).await {
+        match with_progress(&msg, ctx.progress_every, ctx.scheduler.emit(emit)).await {
             Ok(new) => {
                 ctx.metrics.pages_parsed.inc();
                 tracing::debug!(new_links = new, "page parsed");

@@ -127,13 +127,15 @@ pub struct Streams {
     #[serde(default = "default_frontier_max_msgs")]
     pub frontier_max_msgs: i64,
     /// Bytes of fetched pages kept for replay; when full, fetchers wait.
-    #[serde(default = "default_pages_max_bytes")]
+    /// -1: no limit of its own (the server's JetStream limits apply, `max_age` ages
+    /// pages out). A limit is reserved on the server when the stream is created.
+    #[serde(default = "default_unlimited")]
     pub pages_max_bytes: i64,
     /// Age after which pages are dropped.
     #[serde(default = "default_max_age_hours")]
     pub pages_max_age_hours: u64,
-    /// Bytes of items kept; when full, parsers wait.
-    #[serde(default = "default_items_max_bytes")]
+    /// Bytes of items kept; when full, parsers wait. -1: no limit of its own.
+    #[serde(default = "default_unlimited")]
     pub items_max_bytes: i64,
     /// Age after which items are dropped from the stream (never from the database).
     #[serde(default = "default_max_age_hours")]
@@ -141,6 +143,10 @@ pub struct Streams {
     /// How long the server remembers message ids for deduplication.
     #[serde(default = "default_duplicate_window_secs")]
     pub duplicate_window_secs: u64,
+    /// A message a worker took and neither acked nor extended for this long (the worker
+    /// died) is redelivered to another. Long work extends it with progress acks.
+    #[serde(default = "default_ack_wait_secs")]
+    pub ack_wait_secs: u64,
 }
 
 /// Sink batching.
@@ -262,11 +268,11 @@ fn default_partitions() -> u32 {
 fn default_frontier_max_msgs() -> i64 {
     50_000_000
 }
-fn default_pages_max_bytes() -> i64 {
-    20 * 1024 * 1024 * 1024
+fn default_unlimited() -> i64 {
+    -1
 }
-fn default_items_max_bytes() -> i64 {
-    10 * 1024 * 1024 * 1024
+fn default_ack_wait_secs() -> u64 {
+    30
 }
 fn default_max_age_hours() -> u64 {
     7 * 24
@@ -311,11 +317,12 @@ impl Default for Streams {
         Streams {
             partitions: default_partitions(),
             frontier_max_msgs: default_frontier_max_msgs(),
-            pages_max_bytes: default_pages_max_bytes(),
+            pages_max_bytes: default_unlimited(),
             pages_max_age_hours: default_max_age_hours(),
-            items_max_bytes: default_items_max_bytes(),
+            items_max_bytes: default_unlimited(),
             items_max_age_hours: default_max_age_hours(),
             duplicate_window_secs: default_duplicate_window_secs(),
+            ack_wait_secs: default_ack_wait_secs(),
         }
     }
 }
@@ -326,6 +333,13 @@ impl Default for Sink {
             batch_size: default_batch_size(),
             batch_timeout_ms: default_batch_timeout_ms(),
         }
+    }
+}
+
+impl Streams {
+    /// How long an unacked message stays with its worker.
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_secs(self.ack_wait_secs)
     }
 }
 
@@ -425,6 +439,9 @@ impl CompiledSpider {
         }
         if spider.http.max_tries == 0 {
             return Err(invalid("max_tries", "expected at least 1".to_string()));
+        }
+        if spider.streams.ack_wait_secs < 2 {
+            return Err(invalid("ack_wait_secs", "expected at least 2".to_string()));
         }
         if spider.sink.batch_size == 0 {
             return Err(invalid("batch_size", "expected at least 1".to_string()));
@@ -582,7 +599,10 @@ tags  = { css = "ul.breadcrumb li a", all = true }
         let err = load(&EXAMPLE.replace("\"books\"", "\"bo oks\""))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("name") && err.contains("spider.toml:2:"), "{err}");
+        assert!(
+            err.contains("name") && err.contains("spider.toml:2:"),
+            "{err}"
+        );
         let err = load(&EXAMPLE.replace("'/private/'", "'/priv(ate/'"))
             .unwrap_err()
             .to_string();

@@ -114,16 +114,6 @@ impl Names {
     }
 }
 
-/// Ack wait per role: a message unacked this long is redelivered. In-flight work longer
-/// than half of it sends `Progress`.
-pub fn ack_wait(role: Role) -> Duration {
-    match role {
-        Role::Fetcher => Duration::from_secs(60),
-        Role::Seeds | Role::Parser => Duration::from_secs(60),
-        Role::Sink => Duration::from_secs(60),
-    }
-}
-
 /// Connect to NATS, retrying until it answers or shutdown is asked for.
 pub async fn connect(
     url: &str,
@@ -243,7 +233,7 @@ pub async fn ensure_consumer(
         description: Some(format!("jetcrawl {} {}", spider.name, role.consumer_name())),
         deliver_policy: DeliverPolicy::All,
         ack_policy: AckPolicy::Explicit,
-        ack_wait: ack_wait(role),
+        ack_wait: spider.streams.ack_wait(),
         // Unlimited: stages count their own attempts and dead-letter poison messages
         // themselves, so the server never silently stops delivering one.
         max_deliver: -1,

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use jetcrawl_shared::consume::{self, ack, give_up, ConsumeOptions};
 use jetcrawl_shared::message::Item;
 use jetcrawl_shared::telemetry::Metrics;
-use jetcrawl_shared::topology::{self, ack_wait, Names, Role};
+use jetcrawl_shared::topology::{self, Names, Role};
 use jetcrawl_shared::CompiledSpider;
 
 use crate::error::SinkError;
@@ -45,6 +45,7 @@ pub async fn run(cfg: SinkConfig, shutdown: CancellationToken) -> Result<(), Sin
         metrics: cfg.metrics.clone(),
         batch_size,
         batch_timeout,
+        progress_every: cfg.spider.spider.streams.ack_wait() / 3,
         shutdown: shutdown.clone(),
     };
     let batching = tokio::spawn(batcher.run(rx));
@@ -105,6 +106,7 @@ struct Batcher {
     metrics: Metrics,
     batch_size: usize,
     batch_timeout: Duration,
+    progress_every: Duration,
     shutdown: CancellationToken,
 }
 
@@ -162,7 +164,7 @@ impl Batcher {
                 Err(e) if e.is_retryable() => {
                     tracing::warn!(error = %e, items = items.len(), retry_in_ms = delay.as_millis() as u64, "batch not stored; holding it");
                     // Keep the held messages ours while we wait.
-                    if last_progress.elapsed() >= ack_wait(Role::Sink) / 3 {
+                    if last_progress.elapsed() >= self.progress_every {
                         futures::future::join_all(msgs.iter().map(|m| ack(m, AckKind::Progress)))
                             .await;
                         last_progress = Instant::now();

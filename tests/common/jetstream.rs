@@ -1,0 +1,156 @@
+//! Reading a crawl's JetStream state directly, as `jetcrawl status` would.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, Context};
+
+/// `JETCRAWL_<crawl>_<KIND>` (KIND: FRONTIER, PAGES, ITEMS, DEAD).
+pub fn stream_name(crawl: &str, kind: &str) -> String {
+    format!("JETCRAWL_{crawl}_{kind}")
+}
+
+/// The durable consumers whose lag decides whether a crawl is finished:
+/// (stream kind, consumer name).
+pub const CONSUMERS: &[(&str, &str)] = &[
+    ("FRONTIER", "fetcher"),
+    ("FRONTIER", "seeds"),
+    ("PAGES", "parser"),
+    ("ITEMS", "sink"),
+];
+
+/// A JetStream context on `nats_url`.
+pub async fn connect(nats_url: &str) -> Context {
+    let client = async_nats::connect(nats_url)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {nats_url}: {e}"));
+    jetstream::new(client)
+}
+
+/// Messages in a stream, or None if it does not exist (yet).
+pub async fn stream_messages(js: &Context, stream: &str) -> Option<u64> {
+    let s = js.get_stream(stream).await.ok()?;
+    Some(s.cached_info().state.messages)
+}
+
+/// One look at the crawl: Ok if finished right now, Err(what is still going on).
+pub async fn crawl_idle_now(js: &Context, crawl: &str) -> Result<(), String> {
+    let frontier = stream_name(crawl, "FRONTIER");
+    let mut busy = Vec::new();
+    match stream_messages(js, &frontier).await {
+        Some(0) => {}
+        Some(n) => busy.push(format!("{frontier} holds {n} messages")),
+        None => busy.push(format!("{frontier} does not exist")),
+    }
+    for (kind, consumer) in CONSUMERS {
+        let stream = stream_name(crawl, kind);
+        let info = match js.get_stream(&stream).await {
+            Ok(s) => s.consumer_info(consumer).await,
+            Err(e) => {
+                busy.push(format!("{stream}: {e}"));
+                continue;
+            }
+        };
+        match info {
+            Ok(i) if i.num_pending == 0 && i.num_ack_pending == 0 => {}
+            Ok(i) => busy.push(format!(
+                "{stream}/{consumer}: pending {} ack_pending {} redelivered {}",
+                i.num_pending, i.num_ack_pending, i.num_redelivered
+            )),
+            Err(e) => busy.push(format!("{stream}/{consumer}: {e}")),
+        }
+    }
+    if busy.is_empty() {
+        Ok(())
+    } else {
+        Err(busy.join("; "))
+    }
+}
+
+/// How long a crawl must look finished before it counts as finished.
+pub const IDLE_FOR: Duration = Duration::from_secs(2);
+
+/// Waits until the crawl is finished: FRONTIER empty, every consumer in [`CONSUMERS`]
+/// with nothing pending or unacknowledged, and that for [`IDLE_FOR`] on end.
+/// `check` runs on every poll (e.g. to fail fast when a service died).
+pub async fn wait_crawl_idle_checked(
+    nats_url: &str,
+    crawl: &str,
+    timeout: Duration,
+    check: &dyn Fn(),
+) {
+    let js = connect(nats_url).await;
+    let started = Instant::now();
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        check();
+        match crawl_idle_now(&js, crawl).await {
+            Ok(()) => {
+                let since = *idle_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= IDLE_FOR {
+                    return;
+                }
+            }
+            Err(busy) => {
+                idle_since = None;
+                if started.elapsed() > timeout {
+                    panic!("crawl {crawl} not finished after {timeout:?}: {busy}");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// [`wait_crawl_idle_checked`] without a check.
+pub async fn wait_crawl_idle(nats_url: &str, crawl: &str, timeout: Duration) {
+    wait_crawl_idle_checked(nats_url, crawl, timeout, &|| {}).await;
+}
+
+/// A message of the DEAD stream.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub subject: String,
+    /// (name, value), names as sent.
+    pub headers: Vec<(String, String)>,
+    pub payload: String,
+}
+
+impl DeadLetter {
+    /// First value of a header, name compared case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Every message in `JETCRAWL_<crawl>_DEAD` (empty if the stream does not exist).
+pub async fn dead_letters(js: &Context, crawl: &str) -> Vec<DeadLetter> {
+    let Ok(stream) = js.get_stream(stream_name(crawl, "DEAD")).await else {
+        return Vec::new();
+    };
+    let state = &stream.cached_info().state;
+    if state.messages == 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for seq in state.first_sequence..=state.last_sequence {
+        // Deleted sequences (gaps) answer with an error: skip them.
+        let Ok(msg) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        let mut headers = Vec::new();
+        for (name, values) in msg.headers.iter() {
+            for v in values {
+                headers.push((name.to_string(), v.as_str().to_string()));
+            }
+        }
+        out.push(DeadLetter {
+            subject: msg.subject.to_string(),
+            headers,
+            payload: String::from_utf8_lossy(&msg.payload).into_owned(),
+        });
+    }
+    out
+}

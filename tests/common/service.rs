@@ -1,0 +1,185 @@
+//! One crawler process (`jetcrawl fetcher|parser|sink`), started as a child process
+//! with its output in a log file, killed when the value is dropped.
+
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::process::Command;
+use tokio::sync::{oneshot, watch};
+
+/// A pipeline stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Fetcher,
+    Parser,
+    Sink,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Fetcher => "fetcher",
+            Role::Parser => "parser",
+            Role::Sink => "sink",
+        }
+    }
+}
+
+/// What the harness knows about a service, shared with the task that reaps it.
+#[derive(Debug)]
+pub struct ServiceState {
+    pub name: String,
+    pub log: PathBuf,
+    exit: Mutex<Option<ExitStatus>>,
+    /// Set by kill9/terminate: an exit from now on is the test's doing.
+    stopping: AtomicBool,
+}
+
+impl ServiceState {
+    /// The exit status if the process has ended.
+    pub fn exited(&self) -> Option<ExitStatus> {
+        *self.exit.lock().expect("service state")
+    }
+
+    /// True if the process ended without the test asking it to.
+    pub fn died_unexpectedly(&self) -> bool {
+        !self.stopping.load(Ordering::SeqCst) && self.exited().is_some()
+    }
+}
+
+/// How to start one service.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub log: PathBuf,
+}
+
+/// A running (or ended) crawler process.
+pub struct Service {
+    state: Arc<ServiceState>,
+    pid: u32,
+    kill: Option<oneshot::Sender<()>>,
+    done: watch::Receiver<bool>,
+}
+
+impl Service {
+    /// Spawns `jetcrawl <args>`; stdout and stderr go to `spec.log`.
+    pub fn spawn(spec: ServiceSpec) -> Service {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&spec.log)
+            .unwrap_or_else(|e| panic!("open {}: {e}", spec.log.display()));
+        let err = file.try_clone().expect("clone log handle");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_jetcrawl"))
+            .args(&spec.args)
+            .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::from(err))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn jetcrawl {:?}: {e}", spec.args));
+        let pid = child.id().expect("child pid");
+        let state = Arc::new(ServiceState {
+            name: spec.name,
+            log: spec.log,
+            exit: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+        });
+        let (kill_tx, kill_rx) = oneshot::channel::<()>();
+        let (done_tx, done_rx) = watch::channel(false);
+        let reaper_state = state.clone();
+        tokio::spawn(async move {
+            // A dropped sender (the Service went away) also means: kill.
+            let status = tokio::select! {
+                status = child.wait() => status,
+                _ = kill_rx => {
+                    let _ = child.start_kill();
+                    child.wait().await
+                }
+            };
+            if let Ok(status) = status {
+                *reaper_state.exit.lock().expect("service state") = Some(status);
+            }
+            let _ = done_tx.send(true);
+        });
+        Service {
+            state,
+            pid,
+            kill: Some(kill_tx),
+            done: done_rx,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn state(&self) -> Arc<ServiceState> {
+        self.state.clone()
+    }
+
+    /// The exit status if the process has ended.
+    pub fn exited(&self) -> Option<ExitStatus> {
+        self.state.exited()
+    }
+
+    /// Panics (with the log tail) if the process has ended.
+    pub fn assert_running(&self) {
+        if let Some(status) = self.exited() {
+            panic!(
+                "{} exited with {status}; log tail:\n{}",
+                self.state.name,
+                super::servers::tail(&self.state.log, 40)
+            );
+        }
+    }
+
+    /// SIGKILL, then reap.
+    pub async fn kill9(&mut self) {
+        self.state.stopping.store(true, Ordering::SeqCst);
+        if let Some(kill) = self.kill.take() {
+            let _ = kill.send(());
+        }
+        self.wait_exit(Duration::from_secs(10)).await;
+    }
+
+    /// SIGTERM (the graceful stop every service must honour).
+    pub fn terminate(&self) {
+        self.state.stopping.store(true, Ordering::SeqCst);
+        if self.exited().is_some() {
+            return;
+        }
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// Waits for the process to end; panics after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let ended = tokio::time::timeout(timeout, self.done.wait_for(|done| *done))
+            .await
+            .is_ok();
+        if !ended {
+            panic!(
+                "{} still running after {timeout:?}; log tail:\n{}",
+                self.state.name,
+                super::servers::tail(&self.state.log, 40)
+            );
+        }
+        self.exited()
+            .unwrap_or_else(|| panic!("{}: exit status unavailable", self.state.name))
+    }
+}

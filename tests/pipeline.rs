@@ -1,0 +1,283 @@
+//! End-to-end: fetcher, parser and sink processes against real NATS JetStream, Redis
+//! and PostgreSQL, crawling a local site. Each test has its own servers, database,
+//! site and crawl name.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::jetstream::{self, stream_messages, stream_name};
+use common::{Harness, HarnessOptions, Role, Site, SiteOptions, TcpProxy};
+
+/// Services up and their streams, consumers and table created.
+const STARTUP: Duration = Duration::from_secs(60);
+/// A whole crawl of the test site (normally a few seconds).
+const CRAWL: Duration = Duration::from_secs(120);
+/// A crawl with processes killed on the way (ack_wait and lease expiry add up).
+const CRAWL_WITH_KILLS: Duration = Duration::from_secs(240);
+
+/// What the request log must show for any correct crawl of the site.
+fn assert_polite_requests(site: &Site) {
+    let log = site.request_log();
+    let private: Vec<_> = log.keys().filter(|k| k.starts_with("/private/")).collect();
+    assert!(
+        private.is_empty(),
+        "robots.txt disallows /private/, yet these were requested: {private:?}"
+    );
+    assert!(
+        log.get("/robots.txt").copied().unwrap_or(0) >= 1,
+        "robots.txt was never requested"
+    );
+    assert!(
+        !log.contains_key(&site.seed_only_key()),
+        "a page nothing links to was requested"
+    );
+    let flaky = log.get(&site.flaky_key()).copied().unwrap_or(0);
+    assert!(
+        flaky >= 2,
+        "the page that fails once with 500 was requested {flaky} times (a retry makes 2)"
+    );
+}
+
+/// For an undisturbed crawl: every page exactly once (the dupefilter sees through
+/// every spelling of a link), the flaky page exactly twice.
+fn assert_each_page_fetched_once(site: &Site) {
+    let log = site.request_log();
+    let mut problems = Vec::new();
+    for key in site.page_keys() {
+        match log.get(&key).copied().unwrap_or(0) {
+            1 => {}
+            n => problems.push(format!("{key}: {n} requests, expected 1")),
+        }
+    }
+    for (key, n) in &log {
+        if *n > 1 && key != "/robots.txt" && *key != site.flaky_key() {
+            problems.push(format!("{key}: {n} requests"));
+        }
+    }
+    let flaky = log.get(&site.flaky_key()).copied().unwrap_or(0);
+    if flaky != 2 {
+        problems.push(format!(
+            "{}: {flaky} requests, expected 2 (one 500, one retry)",
+            site.flaky_key()
+        ));
+    }
+    problems.sort();
+    problems.dedup();
+    assert!(
+        problems.is_empty(),
+        "pages fetched a wrong number of times:\n  {}",
+        problems.join("\n  ")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_crawl_two_fetchers() {
+    let h = Harness::start(HarnessOptions::default()).await;
+    let mut fetcher1 = h.spawn(Role::Fetcher);
+    let mut fetcher2 = h.spawn(Role::Fetcher);
+    let mut parser = h.spawn(Role::Parser);
+    let mut sink = h.spawn(Role::Sink);
+    h.wait_topology(STARTUP).await;
+
+    h.seed(&[&h.site.start_url()]).await;
+    h.wait_idle(CRAWL).await;
+
+    h.assert_items(&h.site.expected_items()).await;
+    assert_polite_requests(&h.site);
+    assert_each_page_fetched_once(&h.site);
+    h.stop_all(&mut [&mut fetcher1, &mut fetcher2, &mut parser, &mut sink])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crawl_survives_sigkill() {
+    // Slow enough that the kills land mid-crawl: ~50 requests/s at most.
+    let h = Harness::start(HarnessOptions {
+        site: SiteOptions {
+            latency: Duration::from_millis(10),
+        },
+        delay_ms: 20,
+    })
+    .await;
+    let expected = h.site.expected_items();
+    let total = expected.len() as i64;
+    let (db, crawl) = (&h.db, h.crawl.as_str());
+
+    let mut fetcher1 = h.spawn(Role::Fetcher);
+    let mut fetcher2 = h.spawn(Role::Fetcher);
+    let mut parser = h.spawn(Role::Parser);
+    let mut sink = h.spawn(Role::Sink);
+    h.wait_topology(STARTUP).await;
+    h.seed(&[&h.site.start_url()]).await;
+
+    h.wait_until(CRAWL, "20% of the items are stored", || async move {
+        db.count(crawl).await * 5 >= total
+    })
+    .await;
+    parser.kill9().await;
+    sink.kill9().await;
+    fetcher1.kill9().await;
+    let at_kill = db.count(crawl).await;
+    assert!(
+        at_kill < total,
+        "the crawl finished before the kills ({at_kill}/{total} stored): slow the site down"
+    );
+    // Down for a while, as after a crash, then replaced.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut parser2 = h.spawn(Role::Parser);
+    let mut sink2 = h.spawn(Role::Sink);
+    let mut fetcher3 = h.spawn(Role::Fetcher);
+
+    h.wait_until(
+        CRAWL_WITH_KILLS,
+        "60% of the items are stored",
+        || async move { db.count(crawl).await * 5 >= total * 3 },
+    )
+    .await;
+    parser2.kill9().await;
+    let mut parser3 = h.spawn(Role::Parser);
+
+    h.wait_idle(CRAWL_WITH_KILLS).await;
+    h.assert_items(&expected).await;
+    assert_polite_requests(&h.site);
+    h.stop_all(&mut [&mut fetcher2, &mut fetcher3, &mut parser3, &mut sink2])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_waits_out_database_outage() {
+    let h = Harness::start(HarnessOptions::default()).await;
+    let expected = h.site.expected_items();
+    let total = expected.len() as u64;
+    let (db, crawl) = (&h.db, h.crawl.as_str());
+    let proxy = TcpProxy::start(&db.server_addr()).await;
+    let sink_db_url = db.url_via(&proxy.addr().to_string());
+
+    let mut fetcher = h.spawn(Role::Fetcher);
+    let mut parser = h.spawn(Role::Parser);
+    let mut sink = h.spawn_with_database_url(Role::Sink, &sink_db_url);
+    h.wait_topology(STARTUP).await;
+
+    proxy.cut();
+    h.seed(&[&h.site.start_url()]).await;
+
+    // Fetching and parsing go on without the database: ITEMS is the buffer.
+    let js = jetstream::connect(&h.nats.url()).await;
+    let (js, items) = (&js, stream_name(crawl, "ITEMS"));
+    let items = items.as_str();
+    h.wait_until(CRAWL, "ITEMS holds every item", || async move {
+        assert_eq!(
+            db.count(crawl).await,
+            0,
+            "rows stored while the database was cut off"
+        );
+        stream_messages(js, items).await.unwrap_or(0) >= total
+    })
+    .await;
+    // The sink keeps waiting: nothing stored, nothing crashed.
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(3) {
+        h.check_services();
+        assert_eq!(
+            db.count(crawl).await,
+            0,
+            "rows stored while the database was cut off"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    proxy.restore();
+    h.wait_idle(CRAWL).await;
+    h.assert_items(&expected).await;
+    sink.assert_running();
+    h.stop_all(&mut [&mut fetcher, &mut parser, &mut sink])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeds_from_plain_nats_publish() {
+    let h = Harness::start(HarnessOptions::default()).await;
+    let crawl = h.crawl.as_str();
+    let mut fetcher = h.spawn(Role::Fetcher);
+    let mut parser = h.spawn(Role::Parser);
+    let mut sink = h.spawn(Role::Sink);
+    h.wait_topology(STARTUP).await;
+
+    // Exactly what `nats pub jetcrawl.<crawl>.seeds ...` sends: a core NATS message,
+    // no JetStream headers, no ack.
+    let client = async_nats::connect(h.nats.url()).await.expect("connect");
+    let subject = format!("jetcrawl.{crawl}.seeds");
+    client
+        .publish(subject.clone(), format!("{}\n", h.site.start_url()).into())
+        .await
+        .expect("publish");
+    client
+        .publish(
+            subject,
+            format!("not a url\n{}\n", h.site.seed_only_url()).into(),
+        )
+        .await
+        .expect("publish");
+    client.flush().await.expect("flush");
+    let js = jetstream::connect(&h.nats.url()).await;
+    let (js_ref, frontier) = (&js, stream_name(crawl, "FRONTIER"));
+    let frontier = frontier.as_str();
+    h.wait_until(
+        STARTUP,
+        "FRONTIER has stored both seed messages",
+        || async move {
+            match js_ref.get_stream(frontier).await {
+                Ok(s) => s.cached_info().state.last_sequence >= 2,
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
+
+    h.wait_idle(CRAWL).await;
+    let mut expected = h.site.expected_items();
+    expected.push(h.site.seed_only_item());
+    h.assert_items(&expected).await;
+    assert_polite_requests_with_seed_only(&h.site);
+
+    let dead = jetstream::dead_letters(&js, crawl).await;
+    let accepted = [
+        format!("jetcrawl.{crawl}.dead.parser"),
+        format!("jetcrawl.{crawl}.dead.seeds"),
+    ];
+    let found = dead.iter().find(|d| {
+        accepted.contains(&d.subject)
+            && (d.payload.contains("not a url")
+                || d.headers.iter().any(|(_, v)| v.contains("not a url")))
+    });
+    let Some(letter) = found else {
+        panic!("no dead letter for the line `not a url` on {accepted:?}; DEAD holds: {dead:#?}");
+    };
+    let reason = letter.header("Jetcrawl-Error").unwrap_or_default();
+    assert!(
+        !reason.trim().is_empty(),
+        "the dead letter has no Jetcrawl-Error reason: {letter:#?}"
+    );
+    h.stop_all(&mut [&mut fetcher, &mut parser, &mut sink])
+        .await;
+}
+
+/// [`assert_polite_requests`] for a crawl that also seeded the seed-only page.
+fn assert_polite_requests_with_seed_only(site: &Site) {
+    let log = site.request_log();
+    assert_eq!(
+        log.get(&site.seed_only_key()).copied(),
+        Some(1),
+        "the seeded page next to the garbage line was not fetched exactly once"
+    );
+    let private: Vec<_> = log.keys().filter(|k| k.starts_with("/private/")).collect();
+    assert!(
+        private.is_empty(),
+        "disallowed pages requested: {private:?}"
+    );
+    assert!(
+        log.get("/robots.txt").copied().unwrap_or(0) >= 1,
+        "robots.txt was never requested"
+    );
+}
