@@ -1,16 +1,19 @@
 //! The `jetcrawl` command line: flags, logging, connections; the stages do the work.
 
+mod admin;
+mod check;
+mod embedded;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use jetcrawl_shared::dupefilter::{Dupefilter, RedisDupefilter};
 use jetcrawl_shared::telemetry::{self, Metrics};
-use jetcrawl_shared::topology::{self, Names, Role};
-use jetcrawl_shared::{shutdown, status, CompiledSpider};
+use jetcrawl_shared::topology;
+use jetcrawl_shared::{shutdown, CompiledSpider};
 
 #[derive(Parser)]
 #[command(
@@ -94,6 +97,28 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// Embedded mode: crawl in one process, no servers (items to SQLite by default).
+    Crawl {
+        /// Spider file (TOML).
+        spider: PathBuf,
+        /// `file.db` or `sqlite://...` (default `<crawl>.db`), `postgres://...`, or `file.jsonl`.
+        #[arg(long)]
+        out: Option<String>,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+    },
+    /// Validate a spider file; with --url, show what its rules extract from that page.
+    Check {
+        /// Spider file (TOML).
+        spider: PathBuf,
+        /// The page's URL (fetched unless --html is given).
+        #[arg(long)]
+        url: Option<String>,
+        /// The page's HTML: a file, or a URL to fetch instead of --url.
+        #[arg(long)]
+        html: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -102,20 +127,27 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let stop = shutdown::on_signals();
     match cli.command {
+        Command::Crawl {
+            spider,
+            out,
+            concurrency,
+        } => {
+            let opts = embedded::CrawlOptions {
+                spider,
+                out,
+                concurrency,
+            };
+            embedded::run(opts, stop).await?;
+        }
+        Command::Check { spider, url, html } => {
+            check::run(check::CheckOptions { spider, url, html }).await?;
+        }
         Command::Init {
             common,
             database_url,
         } => {
             let (spider, nats) = connect(&common, "init", &stop).await?;
-            let js = async_nats::jetstream::new(nats);
-            topology::ensure_streams(&js, &spider.spider).await?;
-            for role in [Role::Seeds, Role::Fetcher, Role::Parser, Role::Sink] {
-                topology::ensure_consumer(&js, &spider.spider, role, 10_000).await?;
-            }
-            if let Some(url) = database_url {
-                jetcrawl_sink::Store::connect_lazy(&url)?.migrate().await?;
-            }
-            println!("crawl {} ready", spider.name());
+            admin::init(&spider, nats, database_url).await?;
         }
         Command::Fetcher {
             common,
@@ -139,7 +171,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let (spider, nats) = connect(&common, "parser", &stop).await?;
             let dupefilter = Dupefilter::Redis(
-                RedisDupefilter::connect(&redis_url, spider.name())
+                RedisDupefilter::connect_with_retry(&redis_url, spider.name(), &stop)
                     .await
                     .context("connecting to redis")?,
             );
@@ -172,26 +204,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Seed { common, urls } => {
             let (spider, nats) = connect(&common, "seed", &stop).await?;
-            let urls = if urls.iter().any(|u| u == "-") {
-                std::io::read_to_string(std::io::stdin()).context("reading seeds from stdin")?
-            } else if urls.is_empty() {
-                spider.spider.start_urls.join("\n")
-            } else {
-                urls.join("\n")
-            };
-            if urls.trim().is_empty() {
-                bail!("no seeds: give URLs, `-` for stdin, or start_urls in the spider file");
-            }
-            let js = async_nats::jetstream::new(nats);
-            topology::ensure_streams(&js, &spider.spider).await?;
-            let subject = Names::new(spider.name()).seeds_subject();
-            js.publish(subject.clone(), urls.clone().into())
-                .await?
-                .await?;
-            println!(
-                "published {} seed line(s) to {subject}",
-                urls.lines().count()
-            );
+            admin::seed(&spider, nats, urls).await?;
         }
         Command::Status {
             common,
@@ -199,23 +212,7 @@ async fn main() -> anyhow::Result<()> {
             watch,
         } => {
             let (spider, nats) = connect(&common, "status", &stop).await?;
-            let js = async_nats::jetstream::new(nats);
-            let names = Names::new(spider.name());
-            loop {
-                let st = status::collect(&js, &names).await?;
-                if json {
-                    println!("{}", serde_json::to_string(&st)?);
-                } else {
-                    println!("{st}");
-                }
-                if !watch {
-                    break;
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                }
-            }
+            admin::status(&spider, nats, json, watch, &stop).await?;
         }
     }
     Ok(())

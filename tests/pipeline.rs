@@ -71,6 +71,35 @@ fn assert_each_page_fetched_once(site: &Site) {
     );
 }
 
+/// `jetcrawl status --json` after a finished crawl: empty frontier, every item in
+/// ITEMS, every consumer caught up.
+fn assert_status_shows_finished_crawl(status: &serde_json::Value, items: u64) {
+    let stream = |suffix: &str| {
+        status["streams"]
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .find(|s| s["name"].as_str().is_some_and(|n| n.ends_with(suffix)))
+            })
+            .unwrap_or_else(|| panic!("no {suffix} stream in {status}"))
+            .clone()
+    };
+    assert_eq!(stream("_FRONTIER")["messages"], 0, "{status}");
+    assert_eq!(stream("_ITEMS")["messages"], items, "{status}");
+    let consumers = status["consumers"].as_array().expect("consumers");
+    assert_eq!(consumers.len(), 4, "{status}");
+    for c in consumers {
+        assert_eq!(c["exists"], true, "{status}");
+        assert_eq!(c["pending"], 0, "{status}");
+        assert_eq!(c["ack_pending"], 0, "{status}");
+    }
+    let sink = consumers
+        .iter()
+        .find(|c| c["name"] == "sink")
+        .expect("sink consumer");
+    assert_eq!(sink["acked"], items, "{status}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_crawl_two_fetchers() {
     let h = Harness::start(HarnessOptions::default()).await;
@@ -80,12 +109,28 @@ async fn full_crawl_two_fetchers() {
     let mut sink = h.spawn(Role::Sink);
     h.wait_topology(STARTUP).await;
 
+    let started = Instant::now();
     h.seed(&[&h.site.start_url()]).await;
+    let total = h.site.expected_items().len() as i64;
+    let (db, crawl) = (&h.db, h.crawl.as_str());
+    h.wait_until(CRAWL, "every item is stored", || async move {
+        db.count(crawl).await >= total
+    })
+    .await;
+    // A figure for the curious (`--no-capture`), not a target: see docs/BENCHMARKS.md.
+    let elapsed = started.elapsed();
+    let pages: u64 = h.site.request_log().values().map(|n| *n as u64).sum();
+    eprintln!(
+        "crawl: {pages} requests, {total} items in {:.2} s = {:.0} requests/s",
+        elapsed.as_secs_f64(),
+        pages as f64 / elapsed.as_secs_f64()
+    );
     h.wait_idle(CRAWL).await;
 
     h.assert_items(&h.site.expected_items()).await;
     assert_polite_requests(&h.site);
     assert_each_page_fetched_once(&h.site);
+    assert_status_shows_finished_crawl(&h.status_json().await, total as u64);
     h.stop_all(&mut [&mut fetcher1, &mut fetcher2, &mut parser, &mut sink])
         .await;
 }

@@ -10,6 +10,10 @@ use jetcrawl_shared::CompiledSpider;
 
 use crate::error::ParseError;
 
+/// Links longer than this are traps or garbage, not pages (Nutch and Heritrix cap
+/// URLs near the same length).
+pub const MAX_URL_LEN: usize = 2048;
+
 /// Extraction rules with their selectors compiled once.
 #[derive(Debug)]
 pub struct Rules {
@@ -24,6 +28,8 @@ pub struct Rules {
 struct CompiledItemRule {
     item_type: String,
     key: Option<String>,
+    /// One item per match of this (fields relative to it), or one per page if `None`.
+    each: Option<Selector>,
     fields: Vec<CompiledField>,
 }
 
@@ -66,9 +72,18 @@ impl Rules {
                     all: spec.all,
                 });
             }
+            let each = match &rule.each {
+                Some(css) => Some(Selector::parse(css).map_err(|e| ParseError::Selector {
+                    field: format!("{}.each", rule.item_type),
+                    css: css.clone(),
+                    reason: e.to_string(),
+                })?),
+                None => None,
+            };
             items.push(CompiledItemRule {
                 item_type: rule.item_type.clone(),
                 key: rule.key.clone(),
+                each,
                 fields,
             });
         }
@@ -124,27 +139,36 @@ impl Rules {
             if !matcher.is_match(page_url.as_str()) {
                 continue;
             }
-            let mut data = serde_json::Map::new();
-            for field in &rule.fields {
-                let mut values = doc
-                    .select(&field.selector)
-                    .filter_map(|el| field_value(el, field, base));
-                let value = if field.all {
-                    Value::Array(values.map(Value::String).collect())
-                } else {
-                    values.next().map(Value::String).unwrap_or(Value::Null)
-                };
-                data.insert(field.name.clone(), value);
+            let item = |data: serde_json::Map<String, Value>, position: Option<usize>| {
+                // `key`'s value makes ids distinct; in `each` rules, failing a
+                // (non-null) key, the element's position does.
+                let mut key = rule.key.as_ref().and_then(|k| data.get(k)).cloned();
+                if let Some(position) = position {
+                    if key.as_ref().is_none_or(Value::is_null) {
+                        key = Some(Value::from(position));
+                    }
+                }
+                Item {
+                    crawl: self.spider.name().to_string(),
+                    item_id: item_id(page_url.as_str(), &rule.item_type, key.as_ref()),
+                    item_type: rule.item_type.clone(),
+                    url: page_url.to_string(),
+                    data,
+                    fetched_at: page.fetched_at,
+                }
+            };
+            match &rule.each {
+                None => out.push(item(
+                    fields(&rule.fields, |s| doc.select(s).collect(), base),
+                    None,
+                )),
+                Some(each) => {
+                    for (i, el) in doc.select(each).enumerate() {
+                        let data = fields(&rule.fields, |s| el.select(s).collect(), base);
+                        out.push(item(data, Some(i)));
+                    }
+                }
             }
-            let key = rule.key.as_ref().and_then(|k| data.get(k));
-            out.push(Item {
-                crawl: self.spider.name().to_string(),
-                item_id: item_id(page_url.as_str(), &rule.item_type, key),
-                item_type: rule.item_type.clone(),
-                url: page_url.to_string(),
-                data,
-                fetched_at: page.fetched_at,
-            });
         }
         out
     }
@@ -167,7 +191,13 @@ impl Rules {
 
     /// Canonicalize a link and apply scope and follow rules; `None` if not to be followed.
     pub fn follow(&self, href: &str, base: Option<&Url>, page_url: &Url) -> Option<Url> {
+        if href.len() > MAX_URL_LEN {
+            return None;
+        }
         let url = canon::canonicalize_str(href, base, &self.spider.query_filter).ok()?;
+        if url.as_str().len() > MAX_URL_LEN {
+            return None;
+        }
         let host = url.host_str()?;
         // With no allowed_domains, the seeds' hosts are the scope: a page was fetched
         // only if in scope, so its own host counts too.
@@ -187,6 +217,25 @@ impl Rules {
             && !self.spider.follow_deny.iter().any(|r| r.is_match(s))
     }
 
+    /// The fingerprint of a redirected page's final URL, which the scheduler marks seen
+    /// so a link to it is not fetched again; `None` if not redirected.
+    pub fn redirect_target(&self, page: &Page) -> Option<u64> {
+        (page.final_url != page.url)
+            .then(|| canon::canonicalize(&page.final_url, &self.spider.query_filter).ok())
+            .flatten()
+            .map(|u| canon::url_fingerprint(&u))
+    }
+
+    /// A seed URL, canonical and in scope, ready to plan at depth 0.
+    pub fn seed(&self, raw: &str) -> Result<Url, jetcrawl_shared::UrlError> {
+        let url = canon::canonicalize_str(raw, None, &self.spider.query_filter)?;
+        if !self.seed_in_scope(&url) {
+            let host = url.host_str().unwrap_or_default().to_string();
+            return Err(jetcrawl_shared::UrlError::OutOfScope(host));
+        }
+        Ok(url)
+    }
+
     /// Whether a seed's host is in scope (always, with no `allowed_domains`).
     pub fn seed_in_scope(&self, url: &Url) -> bool {
         self.spider.spider.allowed_domains.is_empty()
@@ -196,11 +245,37 @@ impl Rules {
     }
 }
 
+/// Every field's value; `select` finds a selector's matches (in the page, or inside
+/// one `each` element).
+fn fields<'a>(
+    fields: &[CompiledField],
+    select: impl Fn(&Selector) -> Vec<ElementRef<'a>>,
+    base: &Url,
+) -> serde_json::Map<String, Value> {
+    let mut data = serde_json::Map::new();
+    for field in fields {
+        let mut values = select(&field.selector)
+            .into_iter()
+            .filter_map(|el| field_value(el, field, base));
+        let value = if field.all {
+            Value::Array(values.map(Value::String).collect())
+        } else {
+            values.next().map(Value::String).unwrap_or(Value::Null)
+        };
+        data.insert(field.name.clone(), value);
+    }
+    data
+}
+
 fn field_value(el: ElementRef<'_>, field: &CompiledField, base: &Url) -> Option<String> {
-    let raw = match &field.attr {
+    let mut raw = match &field.attr {
         Some(attr) => el.value().attr(attr)?.trim().to_string(),
         None => collapse_ws(el.text()),
     };
+    // NUL never means anything in a page's text, and PostgreSQL's jsonb refuses it.
+    if raw.contains('\0') {
+        raw.retain(|c| c != '\0');
+    }
     if field.absolute {
         return Some(base.join(&raw).map(|u| u.to_string()).unwrap_or(raw));
     }
@@ -366,6 +441,103 @@ missing = "span.nope"
             PRODUCT,
         ));
         assert_eq!(a.items[0].item_id, b.items[0].item_id);
+    }
+
+    #[test]
+    fn nul_bytes_and_overlong_links_are_dropped() {
+        let long = format!("/{}", "a".repeat(3000));
+        let html = format!("<h1>A\u{0}B</h1><a href=\"{long}\">long</a><a href=\"/ok\">ok</a>");
+        let got = rules().parse(&page("http://shop.test/catalogue/n/index.html", 0, &html));
+        assert_eq!(got.items[0].data["title"], "AB");
+        let links: Vec<&str> = got.links.iter().map(Url::as_str).collect();
+        assert_eq!(links, vec!["http://shop.test/ok"]);
+    }
+
+    const QUOTES: &str = r#"
+name = "q"
+start_urls = ["http://quotes.test/"]
+[[items]]
+type = "quote"
+match = '^http://quotes\.test/(page/\d+/)?$'
+each = "div.quote"
+key = "text"
+[items.fields]
+text = "span.text"
+author = "small.author"
+tags = { css = "a.tag", all = true }
+[[items]]
+type = "page"
+match = '^http://quotes\.test/$'
+[items.fields]
+title = "h1"
+"#;
+
+    const QUOTES_PAGE: &str = r#"<html><body><h1>Quotes</h1>
+        <div class="quote"><span class="text">“One”</span><small class="author">A</small>
+          <div class="tags"><a class="tag">x</a><a class="tag">y</a></div></div>
+        <div class="quote"><span class="text">“Two”</span><small class="author">B</small>
+          <div class="tags"></div></div>
+        <div class="quote"><small class="author">C</small></div>
+        <div class="quote"><small class="author">D</small></div>
+        </body></html>"#;
+
+    fn quotes() -> Rules {
+        let spider = CompiledSpider::from_toml(QUOTES, Path::new("q.toml")).unwrap();
+        Rules::new(&spider).unwrap()
+    }
+
+    #[test]
+    fn each_yields_one_item_per_element_with_relative_fields() {
+        let got = quotes().parse(&page("http://quotes.test/", 0, QUOTES_PAGE));
+        let quotes: Vec<&Item> = got
+            .items
+            .iter()
+            .filter(|i| i.item_type == "quote")
+            .collect();
+        assert_eq!(quotes.len(), 4);
+        assert_eq!(quotes[0].data["text"], "“One”");
+        assert_eq!(quotes[0].data["author"], "A");
+        assert_eq!(quotes[0].data["tags"], serde_json::json!(["x", "y"]));
+        // Fields are relative to their element: no tags leak from the first quote.
+        assert_eq!(quotes[1].data["tags"], serde_json::json!([]));
+        assert_eq!(quotes[2].data["text"], Value::Null);
+        // Distinct ids: by key, or by position when the key is missing.
+        let ids: std::collections::HashSet<&str> =
+            quotes.iter().map(|q| q.item_id.as_str()).collect();
+        assert_eq!(ids.len(), 4);
+        // A rule without `each` still yields one item per page.
+        let pages: Vec<&Item> = got.items.iter().filter(|i| i.item_type == "page").collect();
+        assert_eq!(pages.len(), 1);
+        assert_eq!(pages[0].data["title"], "Quotes");
+    }
+
+    #[test]
+    fn each_ids_follow_the_key_not_the_position() {
+        let r = quotes();
+        let a = r.parse(&page("http://quotes.test/page/2/", 0, QUOTES_PAGE));
+        let swapped = QUOTES_PAGE
+            .replacen("“One”", "“Tmp”", 1)
+            .replacen("“Two”", "“One”", 1)
+            .replacen("“Tmp”", "“Two”", 1);
+        let b = r.parse(&page("http://quotes.test/page/2/", 0, &swapped));
+        let id = |x: &Extracted, text: &str| {
+            x.items
+                .iter()
+                .find(|i| i.data["text"] == text)
+                .map(|i| i.item_id.clone())
+        };
+        assert_eq!(id(&a, "“One”"), id(&b, "“One”"));
+        assert!(id(&a, "“One”").is_some());
+        let none = r.parse(&page("http://quotes.test/page/2/", 0, "<p>no quotes</p>"));
+        assert!(none.items.is_empty());
+    }
+
+    #[test]
+    fn bad_each_selector_is_named() {
+        let bad = QUOTES.replace("each = \"div.quote\"", "each = \"div..[\"");
+        let spider = CompiledSpider::from_toml(&bad, Path::new("q.toml")).unwrap();
+        let err = Rules::new(&spider).unwrap_err().to_string();
+        assert!(err.contains("quote.each"), "{err}");
     }
 
     #[test]

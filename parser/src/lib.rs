@@ -3,7 +3,8 @@
 //!
 //! Layout:
 //! - `extract`: extraction rules and link discovery over one page (pure)
-//! - `schedule`: dupefilter check, publish, await acks, dupefilter add
+//! - `schedule`: dupefilter check, publish, await acks, dupefilter add (`Dedup`, the
+//!   dupefilter half, is shared with the embedded mode)
 //! - `service`: the JetStream loops over pages and seeds
 //! - `error`: classified errors
 

@@ -2,6 +2,7 @@
 //! nothing when a parser dies at any point:
 //! check → publish (with `Nats-Msg-Id`) → await every ack → add → (caller) ack input.
 //! A redelivered page publishes again; JetStream's duplicate window absorbs the repeat.
+//! [`Dedup`] is the dupefilter half, which the embedded mode shares.
 
 use async_nats::jetstream::{self, message::PublishMessage as Publish};
 use bytes::Bytes;
@@ -80,19 +81,57 @@ pub struct Emit {
     pub also_seen: Vec<u64>,
 }
 
-impl Scheduler {
-    /// Check, publish, await acks, add. Returns how many requests were new.
-    pub async fn emit(&self, emit: Emit) -> Result<usize, ParseError> {
-        let fps: Vec<u64> = emit.requests.iter().map(|p| p.fp).collect();
+/// The dupefilter half of scheduling, shared by the JetStream parser and the embedded
+/// mode: [`Dedup::fresh`] checks, the caller sends what it returns on (publish and await
+/// the acks, or push onto an in-memory frontier), then [`Dedup::mark_sent`] adds.
+/// Adding only after sending is what loses no URL when the sender dies in between.
+#[derive(Clone)]
+pub struct Dedup {
+    /// The dupefilter.
+    pub dupefilter: Dupefilter,
+    /// Metrics (links found / new).
+    pub metrics: Metrics,
+}
+
+impl Dedup {
+    /// The requests the dupefilter has not seen, in order (one round trip).
+    pub async fn fresh(&self, requests: &[Planned]) -> Result<Vec<Planned>, ParseError> {
+        let fps: Vec<u64> = requests.iter().map(|p| p.fp).collect();
         let seen = self.dupefilter.check(&fps).await?;
-        let fresh: Vec<&Planned> = emit
-            .requests
+        Ok(requests
             .iter()
             .zip(&seen)
             .filter(|(_, seen)| !**seen)
-            .map(|(p, _)| p)
-            .chain(emit.forced.iter())
-            .collect();
+            .map(|(p, _)| p.clone())
+            .collect())
+    }
+
+    /// After `sent` went downstream: mark them (and `also_seen`) seen and count them
+    /// against the `found` links they came from.
+    pub async fn mark_sent(
+        &self,
+        sent: &[Planned],
+        also_seen: &[u64],
+        found: usize,
+    ) -> Result<(), ParseError> {
+        let mut add: Vec<u64> = sent.iter().map(|p| p.fp).collect();
+        add.extend_from_slice(also_seen);
+        self.dupefilter.add(&add).await?;
+        self.metrics.links_found.inc_by(found as u64);
+        self.metrics.links_new.inc_by(sent.len() as u64);
+        Ok(())
+    }
+}
+
+impl Scheduler {
+    /// Check, publish, await acks, add. Returns how many requests were new.
+    pub async fn emit(&self, emit: Emit) -> Result<usize, ParseError> {
+        let dedup = Dedup {
+            dupefilter: self.dupefilter.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let mut fresh = dedup.fresh(&emit.requests).await?;
+        fresh.extend(emit.forced.iter().cloned());
 
         // Send everything first, then await the acks together: one round trip of
         // latency per page, not one per message.
@@ -114,11 +153,9 @@ impl Scheduler {
         }
         try_join_all(pending).await?;
 
-        let mut add: Vec<u64> = fresh.iter().map(|p| p.fp).collect();
-        add.extend_from_slice(&emit.also_seen);
-        self.dupefilter.add(&add).await?;
-        self.metrics.links_found.inc_by(emit.requests.len() as u64);
-        self.metrics.links_new.inc_by(fresh.len() as u64);
+        dedup
+            .mark_sent(&fresh, &emit.also_seen, emit.requests.len())
+            .await?;
         self.metrics.items_extracted.inc_by(emit.items.len() as u64);
         Ok(fresh.len())
     }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use jetcrawl_shared::canon::{self, fp_hex, url_fingerprint};
+use jetcrawl_shared::canon::fp_hex;
 use jetcrawl_shared::consume::{self, ack, give_up, nak_backoff, with_progress, ConsumeOptions};
 use jetcrawl_shared::dupefilter::Dupefilter;
 use jetcrawl_shared::message::{parse_seeds, Page, SeedLine};
@@ -113,10 +113,7 @@ async fn handle_page(ctx: Arc<Ctx>, msg: jetstream::Message) {
     let span = tracing::info_span!("page", url = %page.url, status = ?page.status);
     async {
         let depth = page.depth;
-        let redirect_target = (page.final_url != page.url)
-            .then(|| canon::canonicalize(&page.final_url, &ctx.rules.spider().query_filter).ok())
-            .flatten()
-            .map(|u| url_fingerprint(&u));
+        let redirect_target = ctx.rules.redirect_target(&page);
         let rules = ctx.rules.clone();
         // Parsing is CPU work: keep it off the async workers.
         let extracted = match tokio::task::spawn_blocking(move || rules.parse(&page)).await {
@@ -163,21 +160,13 @@ async fn handle_seeds(ctx: Arc<Ctx>, msg: jetstream::Message) {
                 continue;
             }
         };
-        let url = match canon::canonicalize_str(&seed.url, None, &ctx.rules.spider().query_filter) {
+        let url = match ctx.rules.seed(&seed.url) {
             Ok(url) => url,
             Err(e) => {
                 rejected.push((seed.url, e.to_string()));
                 continue;
             }
         };
-        if !ctx.rules.seed_in_scope(&url) {
-            let host = url.host_str().unwrap_or_default().to_string();
-            rejected.push((
-                seed.url,
-                jetcrawl_shared::UrlError::OutOfScope(host).to_string(),
-            ));
-            continue;
-        }
         let mut planned = plan(
             &ctx.names,
             ctx.scheduler.partitions,

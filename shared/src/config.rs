@@ -52,7 +52,8 @@ pub struct Spider {
     /// Sink batching.
     #[serde(default)]
     pub sink: Sink,
-    /// Extraction rules, tried in order; every matching rule yields one item per page.
+    /// Extraction rules, tried in order; every matching rule yields one item per page
+    /// (or one per element matching its `each`).
     #[serde(default)]
     pub items: Vec<ItemRule>,
 }
@@ -174,6 +175,11 @@ pub struct ItemRule {
     /// Field whose value joins the item id, for pages with several items of a type.
     #[serde(default)]
     pub key: Option<String>,
+    /// CSS selector: one item per matching element (not one per page), its fields
+    /// selected inside that element. Ids take `key`'s value, or else the element's
+    /// position on the page.
+    #[serde(default)]
+    pub each: Option<String>,
     /// Field name -> selector.
     pub fields: BTreeMap<String, FieldRule>,
 }
@@ -475,6 +481,13 @@ impl CompiledSpider {
                     return Err(invalid(name, "expected a CSS selector".to_string()));
                 }
             }
+            if rule
+                .each
+                .as_deref()
+                .is_some_and(scraper_like_selector_is_empty)
+            {
+                return Err(invalid("each", "expected a CSS selector".to_string()));
+            }
             if let Some(key) = &rule.key {
                 if !rule.fields.contains_key(key) {
                     return Err(invalid(
@@ -616,6 +629,27 @@ tags  = { css = "ul.breadcrumb li a", all = true }
             .to_string();
         assert!(
             err.contains("spider.toml:5: key `max_depth`: invalid type"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn each_is_optional_and_must_be_a_selector() {
+        let s = load(EXAMPLE).unwrap();
+        assert_eq!(s.spider.items[0].each, None);
+        let text = EXAMPLE.replace(
+            "match = '/catalogue/[^/]+/index\\.html$'",
+            "match = '/catalogue/[^/]+/index\\.html$'\neach = \"div.quote\"",
+        );
+        assert_eq!(
+            load(&text).unwrap().spider.items[0].each.as_deref(),
+            Some("div.quote")
+        );
+        let err = load(&text.replace("\"div.quote\"", "\" \""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("each") && err.contains("spider.toml:23:"),
             "{err}"
         );
     }

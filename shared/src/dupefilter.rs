@@ -71,6 +71,33 @@ impl RedisDupefilter {
         })
     }
 
+    /// Connect, retrying with backoff while Redis is unreachable (a parser may start
+    /// before Redis does), until `shutdown`.
+    pub async fn connect_with_retry(
+        redis_url: &str,
+        crawl: &str,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<Self, Error> {
+        let mut delay = std::time::Duration::from_millis(250);
+        loop {
+            match Self::connect(redis_url, crawl).await {
+                Ok(df) => return Ok(df),
+                // A malformed URL will not get better by waiting.
+                Err(Error::Redis(e)) if e.kind() == redis::ErrorKind::InvalidClientConfig => {
+                    return Err(Error::Redis(e));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "redis not reachable");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Err(e),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
     fn key_member(&self, fp: u64) -> (String, i64) {
         let bucket = fp >> (64 - BUCKET_BITS);
         (

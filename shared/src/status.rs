@@ -49,9 +49,26 @@ pub struct ConsumerStatus {
     pub redelivered: usize,
     /// Pull requests waiting (roughly: idle workers).
     pub waiting: usize,
+    /// Messages acknowledged so far (the consumer's ack floor).
+    pub acked: u64,
+    /// Acks per second since the previous reading (`--watch`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_per_sec: Option<f64>,
 }
 
 impl Status {
+    /// Fill in ack rates from an earlier reading taken `secs` before this one.
+    pub fn with_rates(mut self, prev: &Status, secs: f64) -> Self {
+        if secs > 0.0 {
+            for c in &mut self.consumers {
+                if let Some(p) = prev.consumers.iter().find(|p| p.name == c.name && p.exists) {
+                    c.rate_per_sec = Some(c.acked.saturating_sub(p.acked) as f64 / secs);
+                }
+            }
+        }
+        self
+    }
+
     /// True when nothing is queued or in flight anywhere.
     pub fn is_idle(&self) -> bool {
         self.streams
@@ -111,6 +128,8 @@ pub async fn collect(js: &jetstream::Context, names: &Names) -> Result<Status, E
                 ack_pending: i.num_ack_pending,
                 redelivered: i.num_redelivered,
                 waiting: i.num_waiting,
+                acked: i.ack_floor.consumer_sequence,
+                rate_per_sec: None,
             },
             None => ConsumerStatus {
                 stream,
@@ -120,6 +139,8 @@ pub async fn collect(js: &jetstream::Context, names: &Names) -> Result<Status, E
                 ack_pending: 0,
                 redelivered: 0,
                 waiting: 0,
+                acked: 0,
+                rate_per_sec: None,
             },
         });
     }
@@ -143,15 +164,18 @@ impl fmt::Display for Status {
         }
         writeln!(
             f,
-            "{:<34} {:<8} {:>10} {:>11} {:>11} {:>8}",
-            "CONSUMER", "", "PENDING", "ACK_PENDING", "REDELIVERED", "WAITING"
+            "{:<34} {:<8} {:>10} {:>11} {:>11} {:>8} {:>10}",
+            "CONSUMER", "", "PENDING", "ACK_PENDING", "REDELIVERED", "WAITING", "ACKS/S"
         )?;
         for c in &self.consumers {
             if c.exists {
+                let rate = c
+                    .rate_per_sec
+                    .map_or("-".to_string(), |r| format!("{r:.1}"));
                 writeln!(
                     f,
-                    "{:<34} {:<8} {:>10} {:>11} {:>11} {:>8}",
-                    c.stream, c.name, c.pending, c.ack_pending, c.redelivered, c.waiting
+                    "{:<34} {:<8} {:>10} {:>11} {:>11} {:>8} {:>10}",
+                    c.stream, c.name, c.pending, c.ack_pending, c.redelivered, c.waiting, rate
                 )?;
             } else {
                 writeln!(f, "{:<34} {:<8} {:>10}", c.stream, c.name, "(missing)")?;

@@ -127,8 +127,7 @@ impl Store {
                     cols.id.push(item.item_id.clone());
                     cols.kind.push(item.item_type.clone());
                     cols.url.push(item.url.clone());
-                    cols.data
-                        .push(serde_json::Value::Object(item.data.clone()).to_string());
+                    cols.data.push(data_json(item));
                     cols.fetched.push(item.fetched_at);
                 }
                 sqlx::query(PG_UPSERT)
@@ -150,7 +149,7 @@ impl Store {
                         .bind(&item.item_id)
                         .bind(&item.item_type)
                         .bind(&item.url)
-                        .bind(serde_json::Value::Object(item.data.clone()).to_string())
+                        .bind(data_json(item))
                         .bind(item.fetched_at.to_rfc3339())
                         .bind(&now)
                         .execute(&mut *tx)
@@ -179,6 +178,34 @@ struct PgColumns {
     url: Vec<String>,
     data: Vec<String>,
     fetched: Vec<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The item's data as JSON text, without U+0000: PostgreSQL's jsonb refuses it, and
+/// both databases must hold the same data for the same crawl.
+fn data_json(item: &Item) -> String {
+    let text = serde_json::to_string(&item.data).unwrap_or_else(|_| "{}".to_string());
+    if !text.contains("\\u0000") {
+        return text;
+    }
+    let mut data = serde_json::Value::Object(item.data.clone());
+    strip_nul(&mut data);
+    data.to_string()
+}
+
+fn strip_nul(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(s) => s.retain(|c| c != '\0'),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_nul),
+        serde_json::Value::Object(map) => {
+            let entries = std::mem::take(map);
+            for (mut key, mut v) in entries {
+                key.retain(|c| c != '\0');
+                strip_nul(&mut v);
+                map.insert(key, v);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// One row per (crawl, item_id), the last one winning: PostgreSQL refuses to update a

@@ -154,3 +154,67 @@ pub async fn dead_letters(js: &Context, crawl: &str) -> Vec<DeadLetter> {
     }
     out
 }
+
+/// A message stored in a stream (a page record, say), payload as bytes.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub subject: String,
+    pub seq: u64,
+    /// (name, value), names as sent.
+    pub headers: Vec<(String, String)>,
+    pub payload: bytes::Bytes,
+}
+
+impl StoredMessage {
+    /// First value of a header, name compared case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Every message of stream `stream` whose subject is `subject`, in order (empty if
+/// the stream does not exist).
+pub async fn stored_messages(js: &Context, stream: &str, subject: &str) -> Vec<StoredMessage> {
+    let Ok(stream) = js.get_stream(stream).await else {
+        return Vec::new();
+    };
+    let state = &stream.cached_info().state;
+    if state.messages == 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for seq in state.first_sequence..=state.last_sequence {
+        let Ok(msg) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        if msg.subject.as_str() != subject {
+            continue;
+        }
+        let mut headers = Vec::new();
+        for (name, values) in msg.headers.iter() {
+            for v in values {
+                headers.push((name.to_string(), v.as_str().to_string()));
+            }
+        }
+        out.push(StoredMessage {
+            subject: msg.subject.to_string(),
+            seq,
+            headers,
+            payload: msg.payload,
+        });
+    }
+    out
+}
+
+/// The page records of a crawl (`jetcrawl.<crawl>.pages` in its PAGES stream).
+pub async fn page_records(js: &Context, crawl: &str) -> Vec<StoredMessage> {
+    stored_messages(
+        js,
+        &stream_name(crawl, "PAGES"),
+        &format!("jetcrawl.{crawl}.pages"),
+    )
+    .await
+}

@@ -5,11 +5,14 @@
 //! stored items) · `catalogue` (the test site's pages and expected items) · `site` (the
 //! axum server for it, request log) · `proxy` (a cuttable TCP forwarder) · `service`
 //! (crawler child processes) · `jetstream` (stream/consumer state, idle detection, dead
-//! letters) · this file (`Harness`, `wait_until`, item comparison, log dumps on failure).
-#![allow(dead_code)]
+//! letters, stored records) · `hostile` (the site's hostile pages under `/hostile/`,
+//! reached only when seeded) · this file (`Harness`, `wait_until`, item comparison, log
+//! dumps on failure).
+#![allow(dead_code, unused_imports)]
 
 pub mod catalogue;
 pub mod db;
+pub mod hostile;
 pub mod jetstream;
 pub mod proxy;
 pub mod servers;
@@ -140,6 +143,17 @@ pub struct HarnessOptions {
     pub delay_ms: u64,
 }
 
+/// Spider settings a test adds to the harness's spider file. A separate type (not a
+/// field of [`HarnessOptions`]), so existing `HarnessOptions { .. }` literals still build.
+#[derive(Debug, Clone, Default)]
+pub struct SpiderExtras {
+    /// `key = value` lines added inside the `[http]` table, which the harness writes
+    /// once (TOML forbids a second `[http]` header).
+    pub http: String,
+    /// Tables appended at the end of the file, e.g. more `[[items]]` rules.
+    pub tables: String,
+}
+
 /// Everything one test needs: the servers, the site, the spider file, and the
 /// processes started through it (which it watches for unexpected exits).
 pub struct Harness {
@@ -160,6 +174,11 @@ pub struct Harness {
 impl Harness {
     /// Starts the site, NATS, Redis and a database, and writes the spider file.
     pub async fn start(options: HarnessOptions) -> Harness {
+        Harness::start_with(options, SpiderExtras::default()).await
+    }
+
+    /// [`Harness::start`], with `extras` in the spider file.
+    pub async fn start_with(options: HarnessOptions, extras: SpiderExtras) -> Harness {
         let (site, nats, redis, db) = tokio::join!(
             Site::start(options.site.clone()),
             NatsServer::start(),
@@ -177,8 +196,11 @@ impl Harness {
         }
         let crawl = format!("t_{}", random_hex());
         let spider = dir.path().join("spider.toml");
-        std::fs::write(&spider, spider_toml(&crawl, &site, options.delay_ms))
-            .expect("write spider");
+        std::fs::write(
+            &spider,
+            spider_toml_with(&crawl, &site, options.delay_ms, &extras),
+        )
+        .expect("write spider");
         let logs = LogDump {
             service_dir: dir.path().to_path_buf(),
             server_logs: vec![nats.log_path(), redis.log_path()],
@@ -283,6 +305,31 @@ impl Harness {
         );
     }
 
+    /// What `jetcrawl status --json` prints for the crawl, parsed.
+    pub async fn status_json(&self) -> serde_json::Value {
+        let (mut args, env) = self.command("status", &self.db.url());
+        args.push("--json".to_string());
+        let bin = std::env::var("JETCRAWL_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_jetcrawl").to_string());
+        let out = tokio::process::Command::new(bin)
+            .args(&args)
+            .envs(env)
+            .output()
+            .await
+            .expect("run jetcrawl status");
+        assert!(
+            out.status.success(),
+            "jetcrawl status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "jetcrawl status --json printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
     /// Panics if a service this harness started has exited without being asked to.
     pub fn check_services(&self) {
         for s in self.services.lock().expect("services").iter() {
@@ -375,6 +422,11 @@ impl Harness {
 
 /// The spider file of a test crawl of `site`.
 pub fn spider_toml(crawl: &str, site: &Site, delay_ms: u64) -> String {
+    spider_toml_with(crawl, site, delay_ms, &SpiderExtras::default())
+}
+
+/// [`spider_toml`] with `extras` added.
+pub fn spider_toml_with(crawl: &str, site: &Site, delay_ms: u64, extras: &SpiderExtras) -> String {
     format!(
         r#"name = "{crawl}"
 start_urls = ["{start}"]
@@ -391,6 +443,7 @@ autothrottle = false
 
 [http]
 retry_backoff_ms = 200
+{http}
 
 [streams]
 # Work held by a killed process comes back after this; short, so tests recover fast.
@@ -408,8 +461,11 @@ title = "h1"
 price = "p.price_color"
 image = {{ css = "div.item img", attr = "src", absolute = true }}
 tags  = {{ css = "ul.breadcrumb li a", all = true }}
+{tables}
 "#,
         start = site.start_url(),
+        http = extras.http,
+        tables = extras.tables,
     )
 }
 

@@ -288,6 +288,7 @@ impl Drop for NatsServer {
 
 /// A redis-server without persistence on a free loopback port.
 pub struct RedisServer {
+    bin: OsString,
     port: u16,
     dir: TempDir,
     child: Option<Child>,
@@ -300,34 +301,53 @@ impl RedisServer {
             std::env::var_os("REDIS_SERVER_BIN").unwrap_or_else(|| "redis-server".into());
         let mut last_err = String::new();
         for _ in 0..3 {
-            let dir = tempfile::Builder::new()
-                .prefix("jetcrawl-redis-")
-                .tempdir()
-                .expect("temp dir");
-            let port = free_port();
-            let log = dir.path().join("redis-server.log");
-            let (out, err) = log_stdio(&log);
-            let child = Command::new(&bin)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawn {bin:?} (is redis-server installed?): {e}"));
             let mut server = RedisServer {
-                port,
-                dir,
-                child: Some(child),
+                bin: bin.clone(),
+                port: free_port(),
+                dir: tempfile::Builder::new()
+                    .prefix("jetcrawl-redis-")
+                    .tempdir()
+                    .expect("temp dir"),
+                child: None,
             };
-            match server.wait_ready(&log).await {
+            match server.spawn_and_wait().await {
                 Ok(()) => return server,
                 Err(e) => last_err = e,
             }
         }
         panic!("redis-server did not start: {last_err}");
+    }
+
+    /// SIGKILL. Without persistence, everything it held is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill_and_reap(&mut child);
+        }
+    }
+
+    /// Kills the server if it runs, then starts it again, empty, on the same port.
+    pub async fn restart(&mut self) {
+        self.kill();
+        if let Err(e) = self.spawn_and_wait().await {
+            panic!("redis-server did not restart: {e}");
+        }
+    }
+
+    async fn spawn_and_wait(&mut self) -> Result<(), String> {
+        let log = self.log_path();
+        let (out, err) = log_stdio(&log);
+        let child = Command::new(&self.bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {:?} (is redis-server installed?): {e}", self.bin));
+        self.child = Some(child);
+        self.wait_ready(&log).await
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -378,9 +398,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            kill_and_reap(&mut child);
-        }
+        self.kill();
     }
 }
 

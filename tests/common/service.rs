@@ -76,7 +76,10 @@ impl Service {
             .open(&spec.log)
             .unwrap_or_else(|e| panic!("open {}: {e}", spec.log.display()));
         let err = file.try_clone().expect("clone log handle");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_jetcrawl"))
+        // JETCRAWL_BIN runs another build (say, release) through the same tests.
+        let bin = std::env::var("JETCRAWL_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_jetcrawl").to_string());
+        let mut child = Command::new(bin)
             .args(&spec.args)
             .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())

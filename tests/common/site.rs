@@ -14,6 +14,7 @@ use axum::Router;
 use tokio::task::JoinHandle;
 
 use super::catalogue::{ExpectedItem, Model, Reply};
+use super::hostile;
 
 /// Options for one site.
 #[derive(Debug, Clone, Default)]
@@ -143,6 +144,16 @@ impl Site {
     pub fn seed_only_key(&self) -> String {
         self.state.model.seed_only_key()
     }
+
+    /// `http://127.0.0.1:PORT<path>`, e.g. for a [`hostile`] page.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url())
+    }
+
+    /// Requests so far of one [`request_key`].
+    pub fn requests_of(&self, key: &str) -> u32 {
+        self.request_log().get(key).copied().unwrap_or(0)
+    }
 }
 
 impl Drop for Site {
@@ -162,6 +173,9 @@ async fn handle(State(st): State<Arc<SiteState>>, req: Request) -> Response {
         tokio::time::sleep(st.options.latency).await;
     }
     let path = percent_decode(req.uri().path());
+    if let Some(response) = hostile::reply(&path).await {
+        return response;
+    }
     let response = match st.model.reply(&path, req.uri().query(), nth) {
         Reply::Html(status, body) => Response::builder()
             .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
