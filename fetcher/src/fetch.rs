@@ -135,7 +135,7 @@ impl Fetcher {
         let fetch_started = tokio::time::Instant::now();
         let result = self.http.get(&url).await;
         permit.finish(fetch_started.elapsed());
-        let tries = req.tries + 1;
+        let tries = req.tries.saturating_add(1);
         let max_tries = self.spider.spider.http.max_tries;
         match result {
             Ok(resp) => {
@@ -158,12 +158,24 @@ impl Fetcher {
                     .get_or_create(&Metrics::status_class(Some(resp.status)))
                     .inc();
                 let textual = is_textual(resp.content_type.as_deref());
+                let mut truncated = resp.truncated;
                 let (body, charset) = if textual {
-                    let (text, charset) = decode_body_for_url(
+                    let (mut text, charset) = decode_body_for_url(
                         &resp.body,
                         resp.content_type.as_deref(),
                         &resp.final_url,
                     );
+                    // Single-byte encodings grow up to 3x as UTF-8: the cap holds for
+                    // what is published, not only for what was received.
+                    let cap = self.http.config().max_body_bytes;
+                    if text.len() > cap {
+                        let mut end = cap;
+                        while !text.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        text.truncate(end);
+                        truncated = true;
+                    }
                     (Bytes::from(text), Some(charset.to_string()))
                 } else {
                     // Not something the parser reads: keep the record, not the bytes.
@@ -182,7 +194,7 @@ impl Fetcher {
                     fetch_ms: started.elapsed().as_millis() as u64,
                     tries,
                     charset,
-                    truncated: resp.truncated,
+                    truncated,
                     error: None,
                     error_kind: None,
                     body,
@@ -247,7 +259,7 @@ impl Fetcher {
             fingerprint: url_fingerprint(url),
             fetched_at: Utc::now(),
             fetch_ms: elapsed.as_millis() as u64,
-            tries: req.tries + 1,
+            tries: req.tries.saturating_add(1),
             charset: None,
             truncated: false,
             error: Some(err.message),

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use jetcrawl_shared::canon::fp_hex;
-use jetcrawl_shared::consume::{self, ack, give_up, nak_backoff, with_progress, ConsumeOptions};
+use jetcrawl_shared::consume::{self, ack, give_up, retry_in_place, with_progress, ConsumeOptions};
 use jetcrawl_shared::message::{CrawlRequest, Page};
 use jetcrawl_shared::telemetry::Metrics;
 use jetcrawl_shared::topology::{self, Names, Role};
@@ -41,6 +41,9 @@ struct Ctx {
     /// How often a long fetch (or politeness wait) tells the server it is in progress.
     progress_every: Duration,
 }
+
+/// The furthest a retry's not-before time can legitimately be (backoff cap + slack).
+const MAX_NOT_BEFORE_MS: i64 = 15 * 60 * 1000;
 
 /// Room left in a NATS message for headers, next to the body.
 const HEADER_ROOM: usize = 64 * 1024;
@@ -96,8 +99,10 @@ async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message) {
     let span = tracing::info_span!("fetch", url = %req.url, tries = req.tries);
     async {
         if let Some(not_before) = req.not_before_ms {
-            let wait_ms = not_before - chrono::Utc::now().timestamp_millis();
-            if wait_ms > 2_000 {
+            let wait_ms = not_before.saturating_sub(chrono::Utc::now().timestamp_millis());
+            // Backoffs are capped at 10 minutes; a time far beyond that is not one of
+            // ours, and waiting for it would stall the request forever.
+            if wait_ms > 2_000 && wait_ms <= MAX_NOT_BEFORE_MS {
                 ack(
                     &msg,
                     AckKind::Nak(Some(Duration::from_millis(wait_ms as u64))),
@@ -105,7 +110,7 @@ async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message) {
                 .await;
                 return;
             }
-            if wait_ms > 0 {
+            if wait_ms > 0 && wait_ms <= 2_000 {
                 tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
             }
         }
@@ -126,10 +131,9 @@ async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message) {
                     .page_id
                     .clone()
                     .unwrap_or_else(|| fp_hex(page.fingerprint));
-                match publish_page(&ctx, &page, id).await {
-                    Ok(()) => ack(&msg, AckKind::Ack).await,
-                    Err(e) => settle_publish_error(&ctx, &msg, e).await,
-                }
+                let published =
+                    publish_holding(&ctx, &msg, || publish_page(&ctx, &page, id.clone())).await;
+                settle_publish(&ctx, &msg, published).await;
             }
             FetchOutcome::Retry { request, delay } => {
                 tracing::info!(
@@ -137,10 +141,9 @@ async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message) {
                     retry_in_ms = delay.as_millis() as u64,
                     "will retry"
                 );
-                match publish_retry(&ctx, &msg, &request).await {
-                    Ok(()) => ack(&msg, AckKind::Ack).await,
-                    Err(e) => settle_publish_error(&ctx, &msg, e).await,
-                }
+                let published =
+                    publish_holding(&ctx, &msg, || publish_retry(&ctx, &msg, &request)).await;
+                settle_publish(&ctx, &msg, published).await;
             }
             FetchOutcome::Busy(retry_after) => {
                 ack(&msg, AckKind::Nak(Some(retry_after))).await;
@@ -188,14 +191,41 @@ async fn publish_retry(
     Ok(())
 }
 
-async fn settle_publish_error(ctx: &Ctx, msg: &jetstream::Message, e: PublishError) {
-    let text = e.to_string();
-    if e.kind() == PublishErrorKind::MaxPayloadExceeded {
-        give_up(&ctx.js, &ctx.names, "fetcher", msg, &text, &ctx.metrics).await;
-        return;
+/// Publish, retrying in place while NATS reconnects or PAGES is full: the request
+/// stays ours (progress acks) and this fetch slot waits, so the pull pauses too.
+async fn publish_holding<F, Fut>(
+    ctx: &Ctx,
+    msg: &jetstream::Message,
+    attempt: F,
+) -> Option<Result<(), PublishError>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), PublishError>>,
+{
+    // Only a message too large for the server will never go through.
+    let retryable = |e: &PublishError| e.kind() != PublishErrorKind::MaxPayloadExceeded;
+    retry_in_place(msg, ctx.progress_every, &ctx.shutdown, retryable, attempt).await
+}
+
+async fn settle_publish(
+    ctx: &Ctx,
+    msg: &jetstream::Message,
+    published: Option<Result<(), PublishError>>,
+) {
+    match published {
+        Some(Ok(())) => ack(msg, AckKind::Ack).await,
+        Some(Err(e)) => {
+            give_up(
+                &ctx.js,
+                &ctx.names,
+                "fetcher",
+                msg,
+                &e.to_string(),
+                &ctx.metrics,
+            )
+            .await
+        }
+        // Shutting down: another fetcher takes it from here.
+        None => ack(msg, AckKind::Nak(None)).await,
     }
-    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
-    let delay = nak_backoff(delivered);
-    tracing::warn!(error = %text, retry_in_ms = delay.as_millis() as u64, "publish failed; request handed back");
-    ack(msg, AckKind::Nak(Some(delay))).await;
 }

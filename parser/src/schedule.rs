@@ -125,7 +125,7 @@ impl Dedup {
 
 impl Scheduler {
     /// Check, publish, await acks, add. Returns how many requests were new.
-    pub async fn emit(&self, emit: Emit) -> Result<usize, ParseError> {
+    pub async fn emit(&self, emit: &Emit) -> Result<usize, ParseError> {
         let dedup = Dedup {
             dupefilter: self.dupefilter.clone(),
             metrics: self.metrics.clone(),

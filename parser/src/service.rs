@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use jetcrawl_shared::canon::fp_hex;
-use jetcrawl_shared::consume::{self, ack, give_up, nak_backoff, with_progress, ConsumeOptions};
+use jetcrawl_shared::consume::{self, ack, give_up, retry_in_place, ConsumeOptions};
 use jetcrawl_shared::dupefilter::Dupefilter;
 use jetcrawl_shared::message::{parse_seeds, Page, SeedLine};
 use jetcrawl_shared::telemetry::Metrics;
@@ -42,6 +42,8 @@ struct Ctx {
     metrics: Metrics,
     /// How often long work tells the server it is still in progress.
     progress_every: Duration,
+    /// Stops retries in place at shutdown.
+    shutdown: CancellationToken,
 }
 
 /// Run until `shutdown`, then finish in-flight pages and return.
@@ -63,6 +65,7 @@ pub async fn run(cfg: ParserConfig, shutdown: CancellationToken) -> Result<(), P
         names,
         metrics: cfg.metrics.clone(),
         progress_every: cfg.spider.spider.streams.ack_wait() / 3,
+        shutdown: shutdown.clone(),
     });
     let spider = Arc::new(cfg.spider.spider.clone());
     let options = |role| ConsumeOptions {
@@ -129,19 +132,20 @@ async fn handle_page(ctx: Arc<Ctx>, msg: jetstream::Message) {
                 &ctx.names,
                 ctx.scheduler.partitions,
                 &extracted.links,
-                depth + 1,
+                depth.saturating_add(1),
             ),
             forced: Vec::new(),
             items: extracted.items,
             also_seen: redirect_target.into_iter().collect(),
         };
-        match with_progress(&msg, ctx.progress_every, ctx.scheduler.emit(emit)).await {
-            Ok(new) => {
+        match emit_holding(&ctx, &msg, &emit).await {
+            Some(Ok(new)) => {
                 ctx.metrics.pages_parsed.inc();
                 tracing::debug!(new_links = new, "page parsed");
                 ack(&msg, AckKind::Ack).await;
             }
-            Err(e) => settle_error(&ctx, &msg, e).await,
+            Some(Err(e)) => give_up_parser(&ctx, &msg, e).await,
+            None => ack(&msg, AckKind::Nak(None)).await,
         }
     }
     .instrument(span)
@@ -198,7 +202,9 @@ async fn handle_seeds(ctx: Arc<Ctx>, msg: jetstream::Message) {
         )
         .await
         {
-            settle_error(&ctx, &msg, e.into()).await;
+            // Nothing published yet: let the stream hand the seeds out again later.
+            tracing::warn!(error = %e, "dead letter not stored; seeds handed back");
+            ack(&msg, AckKind::Nak(Some(Duration::from_secs(5)))).await;
             return;
         }
         ctx.metrics
@@ -206,31 +212,42 @@ async fn handle_seeds(ctx: Arc<Ctx>, msg: jetstream::Message) {
             .get_or_create(&consume::stage_label("parser"))
             .inc();
     }
-    match ctx.scheduler.emit(emit).await {
-        Ok(new) => {
+    match emit_holding(&ctx, &msg, &emit).await {
+        Some(Ok(new)) => {
             tracing::info!(new, rejected = rejected.len(), "seeds scheduled");
             ack(&msg, AckKind::Ack).await;
         }
-        Err(e) => settle_error(&ctx, &msg, e).await,
+        Some(Err(e)) => give_up_parser(&ctx, &msg, e).await,
+        None => ack(&msg, AckKind::Nak(None)).await,
     }
 }
 
-/// Retryable: nak with backoff (the input waits in its stream). Otherwise dead-letter.
-async fn settle_error(ctx: &Ctx, msg: &jetstream::Message, e: ParseError) {
-    if e.is_retryable() {
-        let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
-        let delay = nak_backoff(delivered);
-        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "will retry");
-        ack(msg, AckKind::Nak(Some(delay))).await;
-    } else {
-        give_up(
-            &ctx.js,
-            &ctx.names,
-            "parser",
-            msg,
-            &e.to_string(),
-            &ctx.metrics,
-        )
-        .await;
-    }
+/// Emit, retrying in place while Redis or a stream is unavailable (publishing again
+/// is safe: message ids make the repeats duplicates). `None` at shutdown.
+async fn emit_holding(
+    ctx: &Ctx,
+    msg: &jetstream::Message,
+    emit: &Emit,
+) -> Option<Result<usize, ParseError>> {
+    retry_in_place(
+        msg,
+        ctx.progress_every,
+        &ctx.shutdown,
+        ParseError::is_retryable,
+        || ctx.scheduler.emit(emit),
+    )
+    .await
+}
+
+/// A failure that will not get better by waiting: dead-letter the input.
+async fn give_up_parser(ctx: &Ctx, msg: &jetstream::Message, e: ParseError) {
+    give_up(
+        &ctx.js,
+        &ctx.names,
+        "parser",
+        msg,
+        &e.to_string(),
+        &ctx.metrics,
+    )
+    .await;
 }

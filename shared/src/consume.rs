@@ -216,15 +216,44 @@ pub async fn with_progress<T>(
     }
 }
 
+/// Run `attempt` until it succeeds or fails for good, keeping `msg` ours meanwhile
+/// (progress acks). A dependency outage — Redis away, a stream full, NATS
+/// reconnecting — holds the message, and with it a pull slot, so consumption pauses
+/// instead of nak-ing messages round and round: naks count as deliveries, and enough
+/// of them would look like poison. `None`: shutdown came first; hand the message back.
+pub async fn retry_in_place<T, E, F, Fut>(
+    msg: &jetstream::Message,
+    progress_every: Duration,
+    shutdown: &CancellationToken,
+    is_retryable: impl Fn(&E) -> bool,
+    mut attempt: F,
+) -> Option<Result<T, E>>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let work = async {
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match attempt().await {
+                Err(e) if is_retryable(&e) => {
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "not possible now; holding the message and retrying");
+                    if sleep_or_shutdown(shutdown, delay).await {
+                        return None;
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                other => return Some(other),
+            }
+        }
+    };
+    with_progress(msg, progress_every, work).await
+}
+
 /// `stage` as a metric label set.
 pub fn stage_label(stage: &str) -> Vec<(String, String)> {
     vec![("stage".to_string(), stage.to_string())]
-}
-
-/// Exponential backoff for redelivery `delivered` (1-based): 1 s, 2 s, 4 s … 60 s.
-pub fn nak_backoff(delivered: i64) -> Duration {
-    let exp = (delivered.max(1) - 1).min(6) as u32;
-    Duration::from_secs(1u64 << exp).min(Duration::from_secs(60))
 }
 
 async fn sleep_or_shutdown(shutdown: &CancellationToken, d: Duration) -> bool {
@@ -247,17 +276,5 @@ fn log_join(res: Result<(), tokio::task::JoinError>, stage: &str) {
             // dead-lettered by the poison check.
             tracing::error!(stage, error = %e, "message handler panicked");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nak_backoff_grows_and_caps() {
-        assert_eq!(nak_backoff(1), Duration::from_secs(1));
-        assert_eq!(nak_backoff(3), Duration::from_secs(4));
-        assert_eq!(nak_backoff(100), Duration::from_secs(60));
     }
 }

@@ -63,7 +63,11 @@ impl RedisDupefilter {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(std::time::Duration::from_secs(5))
             .set_response_timeout(std::time::Duration::from_secs(10))
-            .set_number_of_retries(2);
+            .set_number_of_retries(2)
+            // redis-rs' default backoff factor (100 on a 1 s base) makes the second
+            // reconnect wait a minute or more: a short Redis blip would stall parsing.
+            .set_factor(1)
+            .set_max_delay(1_000);
         let conn = ConnectionManager::new_with_config(client, config).await?;
         Ok(RedisDupefilter {
             conn,

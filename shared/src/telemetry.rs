@@ -76,7 +76,9 @@ impl Metrics {
     /// A fresh registry with every metric registered.
     pub fn new() -> Self {
         let mut r = Registry::with_prefix("jetcrawl");
-        let m = MetricsParts {
+        let mut m = Metrics {
+            registry: Arc::new(Registry::default()),
+            ready: Arc::new(AtomicBool::new(false)),
             pages_fetched: Family::default(),
             fetch_errors: Family::default(),
             fetched_bytes: Counter::default(),
@@ -156,25 +158,8 @@ impl Metrics {
             "Messages being handled",
             m.in_flight.clone(),
         );
-        Metrics {
-            registry: Arc::new(r),
-            ready: Arc::new(AtomicBool::new(false)),
-            pages_fetched: m.pages_fetched,
-            fetch_errors: m.fetch_errors,
-            fetched_bytes: m.fetched_bytes,
-            fetch_seconds: m.fetch_seconds,
-            retries: m.retries,
-            robots_denied: m.robots_denied,
-            pages_parsed: m.pages_parsed,
-            links_found: m.links_found,
-            links_new: m.links_new,
-            items_extracted: m.items_extracted,
-            items_stored: m.items_stored,
-            batch_seconds: m.batch_seconds,
-            redeliveries: m.redeliveries,
-            dead_letters: m.dead_letters,
-            in_flight: m.in_flight,
-        }
+        m.registry = Arc::new(r);
+        m
     }
 
     /// Prometheus text exposition.
@@ -202,24 +187,6 @@ impl Metrics {
         };
         vec![("status".to_string(), class)]
     }
-}
-
-struct MetricsParts {
-    pages_fetched: Family<Labels, Counter>,
-    fetch_errors: Family<Labels, Counter>,
-    fetched_bytes: Counter,
-    fetch_seconds: Histogram,
-    retries: Counter,
-    robots_denied: Counter,
-    pages_parsed: Counter,
-    links_found: Counter,
-    links_new: Counter,
-    items_extracted: Counter,
-    items_stored: Counter,
-    batch_seconds: Histogram,
-    redeliveries: Family<Labels, Counter>,
-    dead_letters: Family<Labels, Counter>,
-    in_flight: Gauge,
 }
 
 /// Serve `/metrics`, `/healthz` and `/readyz` on `addr` until shutdown. Returns the
