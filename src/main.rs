@@ -3,17 +3,15 @@
 mod admin;
 mod check;
 mod embedded;
+mod replay;
+mod services;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use jetcrawl_shared::dupefilter::{Dupefilter, RedisDupefilter};
-use jetcrawl_shared::telemetry::{self, Metrics};
-use jetcrawl_shared::topology;
-use jetcrawl_shared::{shutdown, CompiledSpider};
+use jetcrawl_shared::{shutdown, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -50,36 +48,13 @@ enum Command {
         database_url: Option<String>,
     },
     /// Fetch requests from the frontier (run any number).
-    Fetcher {
-        #[command(flatten)]
-        common: Common,
-        /// Requests in flight in this process.
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-    },
+    Fetcher(services::FetcherArgs),
     /// Parse pages into items and new requests (run any number).
-    Parser {
-        #[command(flatten)]
-        common: Common,
-        /// Redis for the URL dupefilter.
-        #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-        redis_url: String,
-        /// Pages parsed at once in this process.
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
-    },
+    Parser(services::ParserArgs),
     /// Store items in the database (run any number).
-    Sink {
-        #[command(flatten)]
-        common: Common,
-        /// postgres:// or sqlite:// URL.
-        #[arg(
-            long,
-            env = "DATABASE_URL",
-            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-        )]
-        database_url: String,
-    },
+    Sink(services::SinkArgs),
+    /// Re-parse stored pages with the current rules (beside running parsers).
+    Replay(replay::ReplayArgs),
     /// Publish seeds (URLs, or `-` for stdin; none = the spider's start_urls).
     Seed {
         #[command(flatten)]
@@ -146,64 +121,15 @@ async fn main() -> anyhow::Result<()> {
             common,
             database_url,
         } => {
-            let (spider, nats) = connect(&common, "init", &stop).await?;
+            let (spider, nats) = services::connect(&common, "init", &stop).await?;
             admin::init(&spider, nats, database_url).await?;
         }
-        Command::Fetcher {
-            common,
-            concurrency,
-        } => {
-            let (spider, nats) = connect(&common, "fetcher", &stop).await?;
-            let metrics = serve_metrics(&common, 9891, &stop).await;
-            let cfg = jetcrawl_fetcher::FetcherConfig {
-                spider,
-                nats: nats.clone(),
-                metrics,
-                concurrency,
-            };
-            jetcrawl_fetcher::run(cfg, stop).await?;
-            nats.drain().await.ok();
-        }
-        Command::Parser {
-            common,
-            redis_url,
-            concurrency,
-        } => {
-            let (spider, nats) = connect(&common, "parser", &stop).await?;
-            let dupefilter = Dupefilter::Redis(
-                RedisDupefilter::connect_with_retry(&redis_url, spider.name(), &stop)
-                    .await
-                    .context("connecting to redis")?,
-            );
-            let metrics = serve_metrics(&common, 9892, &stop).await;
-            let cfg = jetcrawl_parser::ParserConfig {
-                spider,
-                nats: nats.clone(),
-                dupefilter,
-                metrics,
-                concurrency,
-            };
-            jetcrawl_parser::run(cfg, stop).await?;
-            nats.drain().await.ok();
-        }
-        Command::Sink {
-            common,
-            database_url,
-        } => {
-            let (spider, nats) = connect(&common, "sink", &stop).await?;
-            let store = jetcrawl_sink::Store::connect_lazy(&database_url)?;
-            let metrics = serve_metrics(&common, 9893, &stop).await;
-            let cfg = jetcrawl_sink::SinkConfig {
-                spider,
-                nats: nats.clone(),
-                store,
-                metrics,
-            };
-            jetcrawl_sink::run(cfg, stop).await?;
-            nats.drain().await.ok();
-        }
+        Command::Fetcher(args) => services::fetcher(args, stop).await?,
+        Command::Parser(args) => services::parser(args, stop).await?,
+        Command::Sink(args) => services::sink(args, stop).await?,
+        Command::Replay(args) => replay::run(args, stop).await?,
         Command::Seed { common, urls } => {
-            let (spider, nats) = connect(&common, "seed", &stop).await?;
+            let (spider, nats) = services::connect(&common, "seed", &stop).await?;
             admin::seed(&spider, nats, urls).await?;
         }
         Command::Status {
@@ -211,38 +137,9 @@ async fn main() -> anyhow::Result<()> {
             json,
             watch,
         } => {
-            let (spider, nats) = connect(&common, "status", &stop).await?;
+            let (spider, nats) = services::connect(&common, "status", &stop).await?;
             admin::status(&spider, nats, json, watch, &stop).await?;
         }
     }
     Ok(())
-}
-
-async fn connect(
-    common: &Common,
-    role: &str,
-    stop: &tokio_util::sync::CancellationToken,
-) -> anyhow::Result<(CompiledSpider, async_nats::Client)> {
-    let spider = CompiledSpider::load(&common.spider)?;
-    tracing::info!(crawl = spider.name(), role, spider = %common.spider.display(), "starting");
-    let nats = topology::connect(&common.nats_url, &format!("jetcrawl-{role}"), stop)
-        .await
-        .context("connecting to nats")?;
-    Ok((spider, nats))
-}
-
-/// Metrics are for operators; failing to bind their port is logged, not fatal.
-async fn serve_metrics(
-    common: &Common,
-    default_port: u16,
-    stop: &tokio_util::sync::CancellationToken,
-) -> Metrics {
-    let metrics = Metrics::new();
-    let addr = common
-        .metrics_addr
-        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], default_port)));
-    if let Err(e) = telemetry::serve_metrics(addr, metrics.clone(), stop.clone()).await {
-        tracing::error!(addr = %addr, error = %e, "metrics endpoint not available");
-    }
-    metrics
 }

@@ -326,3 +326,67 @@ fn assert_polite_requests_with_seed_only(site: &Site) {
         "robots.txt was never requested"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_reparses_stored_pages_with_new_rules() {
+    let h = Harness::start(HarnessOptions::default()).await;
+    let mut fetcher = h.spawn(Role::Fetcher);
+    let mut parser = h.spawn(Role::Parser);
+    let mut sink = h.spawn(Role::Sink);
+    h.wait_topology(STARTUP).await;
+    h.seed(&[&h.site.start_url()]).await;
+    h.wait_idle(CRAWL).await;
+    let expected = h.site.expected_items();
+    h.assert_items(&expected).await;
+    let requests_before: u32 = h.site.request_log().values().sum();
+
+    // The operator adds a field to the rules and replays what was already fetched.
+    let toml = std::fs::read_to_string(&h.spider).expect("read spider");
+    let changed = toml.replacen("title = \"h1\"", "title = \"h1\"\nheading = \"h1\"", 1);
+    assert_ne!(toml, changed, "the spider file has a title field to copy");
+    std::fs::write(&h.spider, changed).expect("write spider");
+    let js = jetstream::connect(&h.nats.url()).await;
+    let pages = stream_messages(&js, &stream_name(&h.crawl, "PAGES"))
+        .await
+        .expect("PAGES stream");
+    let out = h.run_command("replay", &[]).await;
+    assert_eq!(
+        out.trim(),
+        format!("replayed {pages} page(s)"),
+        "replay output"
+    );
+
+    // Every row gets the new field through the running sink; none is added.
+    let (db, crawl) = (&h.db, h.crawl.as_str());
+    h.wait_until(CRAWL, "every row has the replayed field", || async move {
+        let rows = db.items(crawl).await;
+        !rows.is_empty() && rows.iter().all(|r| r.data.get("heading").is_some())
+    })
+    .await;
+    let rows = db.items(crawl).await;
+    assert_eq!(rows.len(), expected.len(), "replay added or lost rows");
+    for row in &rows {
+        assert_eq!(row.data["heading"], row.data["title"], "{}", row.url);
+    }
+    let requests_after: u32 = h.site.request_log().values().sum();
+    assert_eq!(
+        requests_before, requests_after,
+        "replay must not fetch anything"
+    );
+    let mut pages_stream = js
+        .get_stream(stream_name(crawl, "PAGES"))
+        .await
+        .expect("PAGES stream");
+    let consumers = pages_stream
+        .info()
+        .await
+        .expect("PAGES info")
+        .state
+        .consumer_count;
+    assert_eq!(
+        consumers, 1,
+        "the replay consumer is removed when done (only `parser` stays)"
+    );
+    h.stop_all(&mut [&mut fetcher, &mut parser, &mut sink])
+        .await;
+}

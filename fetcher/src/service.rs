@@ -74,6 +74,7 @@ pub async fn run(cfg: FetcherConfig, shutdown: CancellationToken) -> Result<(), 
         // Busy hosts hand requests back with delayed naks, which count as deliveries.
         poison_deliveries: 200,
         drain_deadline: Duration::from_secs(20),
+        replay: None,
     };
     consume::consume(
         js,

@@ -15,4 +15,4 @@ pub mod service;
 
 pub use error::ParseError;
 pub use extract::{Extracted, Rules};
-pub use service::{run, ParserConfig};
+pub use service::{replay, run, ParserConfig};

@@ -13,7 +13,7 @@ use jetcrawl_shared::consume::{self, ack, give_up, retry_in_place, ConsumeOption
 use jetcrawl_shared::dupefilter::Dupefilter;
 use jetcrawl_shared::message::{parse_seeds, Page, SeedLine};
 use jetcrawl_shared::telemetry::Metrics;
-use jetcrawl_shared::topology::{self, Names, Role};
+use jetcrawl_shared::topology::{self, Names, ReplayStart, Role};
 use jetcrawl_shared::CompiledSpider;
 
 use crate::error::ParseError;
@@ -46,55 +46,133 @@ struct Ctx {
     shutdown: CancellationToken,
 }
 
+impl Ctx {
+    async fn new(
+        cfg: &ParserConfig,
+        shutdown: &CancellationToken,
+    ) -> Result<Arc<Self>, ParseError> {
+        let rules = Arc::new(Rules::new(&cfg.spider)?);
+        let js = jetstream::new(cfg.nats.clone());
+        topology::ensure_streams(&js, &cfg.spider.spider).await?;
+        let names = Names::new(cfg.spider.name());
+        Ok(Arc::new(Ctx {
+            rules,
+            scheduler: Scheduler {
+                js: js.clone(),
+                names: names.clone(),
+                partitions: cfg.spider.spider.streams.partitions,
+                dupefilter: cfg.dupefilter.clone(),
+                metrics: cfg.metrics.clone(),
+            },
+            js,
+            names,
+            metrics: cfg.metrics.clone(),
+            progress_every: cfg.spider.spider.streams.ack_wait() / 3,
+            shutdown: shutdown.clone(),
+        }))
+    }
+
+    fn options(&self, cfg: &ParserConfig, role: Role) -> ConsumeOptions {
+        ConsumeOptions {
+            role,
+            max_in_flight: cfg.concurrency,
+            max_ack_pending: 1_000,
+            poison_deliveries: 10,
+            drain_deadline: Duration::from_secs(20),
+            replay: None,
+        }
+    }
+}
+
 /// Run until `shutdown`, then finish in-flight pages and return.
 pub async fn run(cfg: ParserConfig, shutdown: CancellationToken) -> Result<(), ParseError> {
-    let rules = Arc::new(Rules::new(&cfg.spider)?);
-    let js = jetstream::new(cfg.nats.clone());
-    topology::ensure_streams(&js, &cfg.spider.spider).await?;
-    let names = Names::new(cfg.spider.name());
-    let ctx = Arc::new(Ctx {
-        rules,
-        scheduler: Scheduler {
-            js: js.clone(),
-            names: names.clone(),
-            partitions: cfg.spider.spider.streams.partitions,
-            dupefilter: cfg.dupefilter.clone(),
-            metrics: cfg.metrics.clone(),
-        },
-        js: js.clone(),
-        names,
-        metrics: cfg.metrics.clone(),
-        progress_every: cfg.spider.spider.streams.ack_wait() / 3,
-        shutdown: shutdown.clone(),
-    });
+    let ctx = Ctx::new(&cfg, &shutdown).await?;
     let spider = Arc::new(cfg.spider.spider.clone());
-    let options = |role| ConsumeOptions {
-        role,
-        max_in_flight: cfg.concurrency,
-        max_ack_pending: 1_000,
-        poison_deliveries: 10,
-        drain_deadline: Duration::from_secs(20),
-    };
     let pages_ctx = ctx.clone();
     let pages = consume::consume(
-        js.clone(),
+        ctx.js.clone(),
         spider.clone(),
-        options(Role::Parser),
+        ctx.options(&cfg, Role::Parser),
         cfg.metrics.clone(),
         shutdown.clone(),
         move |msg| handle_page(pages_ctx.clone(), msg),
     );
     let seeds_ctx = ctx.clone();
     let seeds = consume::consume(
-        js,
+        ctx.js.clone(),
         spider,
-        options(Role::Seeds),
+        ctx.options(&cfg, Role::Seeds),
         cfg.metrics.clone(),
         shutdown,
         move |msg| handle_seeds(seeds_ctx.clone(), msg),
     );
     tokio::join!(pages, seeds);
     Ok(())
+}
+
+/// Re-parse stored pages from `start` with the current rules: changed items are
+/// published again (the sink updates their rows), links the old rules did not follow
+/// go through the dupefilter to the frontier. Runs beside the normal parsers, on a
+/// consumer of its own, until it has caught up with the end of PAGES (or `shutdown`);
+/// returns the number of pages parsed.
+pub async fn replay(
+    cfg: ParserConfig,
+    start: ReplayStart,
+    shutdown: CancellationToken,
+) -> Result<u64, ParseError> {
+    let ctx = Ctx::new(&cfg, &shutdown).await?;
+    let name = format!("replay-{}", chrono::Utc::now().timestamp_millis());
+    let caught_up = shutdown.child_token();
+    let watcher = tokio::spawn(watch_caught_up(
+        ctx.js.clone(),
+        ctx.names.pages_stream(),
+        name.clone(),
+        caught_up.clone(),
+    ));
+    let mut options = ctx.options(&cfg, Role::Parser);
+    options.replay = Some((name.clone(), start));
+    let handler_ctx = ctx.clone();
+    consume::consume(
+        ctx.js.clone(),
+        Arc::new(cfg.spider.spider.clone()),
+        options,
+        cfg.metrics.clone(),
+        caught_up,
+        move |msg| handle_page(handler_ctx.clone(), msg),
+    )
+    .await;
+    watcher.abort();
+    if let Ok(stream) = ctx.js.get_stream(ctx.names.pages_stream()).await {
+        let _ = stream.delete_consumer(&name).await;
+    }
+    Ok(cfg.metrics.pages_parsed.get())
+}
+
+/// Cancel `done` once the replay consumer has nothing left to deliver or to be acked.
+async fn watch_caught_up(
+    js: jetstream::Context,
+    stream: String,
+    name: String,
+    done: CancellationToken,
+) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Ok(stream) = js.get_stream(&stream).await else {
+            continue;
+        };
+        let Ok(mut consumer) = stream
+            .get_consumer::<jetstream::consumer::pull::Config>(&name)
+            .await
+        else {
+            continue;
+        };
+        if let Ok(info) = consumer.info().await {
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                done.cancel();
+                return;
+            }
+        }
+    }
 }
 
 async fn handle_page(ctx: Arc<Ctx>, msg: jetstream::Message) {

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Spider;
 use crate::telemetry::Metrics;
-use crate::topology::{self, Names, Role};
+use crate::topology::{self, Names, ReplayStart, Role};
 
 /// How a stage consumes.
 #[derive(Debug, Clone)]
@@ -28,6 +28,8 @@ pub struct ConsumeOptions {
     pub poison_deliveries: i64,
     /// How long in-flight work may take to finish at shutdown.
     pub drain_deadline: Duration,
+    /// Read from a replay consumer (name, start) instead of the role's own.
+    pub replay: Option<(String, ReplayStart)>,
 }
 
 /// Pull messages and run `handler` on each, at most `max_in_flight` at once, until
@@ -50,18 +52,24 @@ pub async fn consume<F, Fut>(
     let mut tasks = JoinSet::new();
     let mut backoff = Duration::from_millis(250);
     'connect: while !shutdown.is_cancelled() {
-        let consumer =
-            match topology::ensure_consumer(&js, &spider, opts.role, opts.max_ack_pending).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, stage, "consumer not available, retrying");
-                    if sleep_or_shutdown(&shutdown, backoff).await {
-                        break;
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
+        let consumer = match &opts.replay {
+            Some((name, start)) => {
+                topology::ensure_replay_consumer(&js, &spider, name, start, opts.max_ack_pending)
+                    .await
+            }
+            None => topology::ensure_consumer(&js, &spider, opts.role, opts.max_ack_pending).await,
+        };
+        let consumer = match consumer {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, stage, "consumer not available, retrying");
+                if sleep_or_shutdown(&shutdown, backoff).await {
+                    break;
                 }
-            };
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
         let stream = consumer
             .stream()
             .max_messages_per_batch(opts.max_in_flight.clamp(1, 256))

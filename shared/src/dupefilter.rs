@@ -5,9 +5,9 @@
 //! Small integer sets use Redis' `intset` encoding — 8 bytes a member plus the key's
 //! share — instead of ~100 bytes for a hex string in one big hash-table set. The split
 //! is exact: bucket and member together are the whole 64-bit fingerprint.
-//! Redis 7.0 keeps a set as an intset up to `set-max-intset-entries` (512 by default),
-//! i.e. about 33M fingerprints per crawl before sets convert to hash tables; raise that
-//! setting for larger crawls.
+//! Redis 7.0 keeps a set as an intset up to `set-max-intset-entries` (512 by default);
+//! the fullest buckets reach that near 27M fingerprints per crawl and then convert to
+//! hash tables: raise the setting before crawling beyond ~25M URLs (docs/BENCHMARKS.md).
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

@@ -251,6 +251,60 @@ pub async fn ensure_consumer(
         .map_err(|e| Error::js("create consumer", e))
 }
 
+/// Where a replay of PAGES starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayStart {
+    /// Every stored page.
+    All,
+    /// Pages stored at or after this instant.
+    Since(chrono::DateTime<chrono::Utc>),
+    /// Pages from this stream sequence on.
+    FromSeq(u64),
+}
+
+/// Create a consumer that reads PAGES from `start` for a replay. It is durable (so
+/// several replay processes can share it) but removed by the server after an hour
+/// unused, so an abandoned replay leaves nothing behind.
+pub async fn ensure_replay_consumer(
+    js: &jetstream::Context,
+    spider: &Spider,
+    name: &str,
+    start: &ReplayStart,
+    max_ack_pending: i64,
+) -> Result<PullConsumer, Error> {
+    let names = Names::new(&spider.name);
+    let deliver_policy = match start {
+        ReplayStart::All => DeliverPolicy::All,
+        ReplayStart::FromSeq(seq) => DeliverPolicy::ByStartSequence {
+            start_sequence: (*seq).max(1),
+        },
+        ReplayStart::Since(t) => DeliverPolicy::ByStartTime {
+            start_time: async_nats::datetime::parse_rfc3339(&t.to_rfc3339())
+                .map_err(|e| Error::js("replay start time", e))?,
+        },
+    };
+    let config = pull::Config {
+        durable_name: Some(name.to_string()),
+        description: Some(format!("jetcrawl {} replay", spider.name)),
+        deliver_policy,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: spider.streams.ack_wait(),
+        max_deliver: -1,
+        max_ack_pending,
+        filter_subject: names.pages_subject(),
+        inactive_threshold: Duration::from_secs(3600),
+        ..Default::default()
+    };
+    let stream = js
+        .get_stream(names.pages_stream())
+        .await
+        .map_err(|e| Error::js("get stream", e))?;
+    stream
+        .create_consumer(config)
+        .await
+        .map_err(|e| Error::js("create consumer", e))
+}
+
 /// Publish a message a stage gave up on to `dead.<stage>`, with the reason, and wait
 /// for the stream to store it.
 pub async fn dead_letter(

@@ -57,6 +57,7 @@ pub async fn run(cfg: SinkConfig, shutdown: CancellationToken) -> Result<(), Sin
         // only a message that keeps coming back unacked is poison.
         poison_deliveries: 25,
         drain_deadline: Duration::from_secs(5),
+        replay: None,
     };
     consume::consume(
         js,

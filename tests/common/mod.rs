@@ -246,7 +246,7 @@ impl Harness {
             self.nats.url(),
         ];
         match subcommand {
-            "parser" => args.extend(["--redis-url".to_string(), self.redis.url()]),
+            "parser" | "replay" => args.extend(["--redis-url".to_string(), self.redis.url()]),
             "sink" => args.extend(["--database-url".to_string(), database_url.to_string()]),
             _ => {}
         }
@@ -305,29 +305,37 @@ impl Harness {
         );
     }
 
-    /// What `jetcrawl status --json` prints for the crawl, parsed.
-    pub async fn status_json(&self) -> serde_json::Value {
-        let (mut args, env) = self.command("status", &self.db.url());
-        args.push("--json".to_string());
+    /// Runs a one-shot subcommand (`status`, `replay`, ...) for the crawl to its end,
+    /// asserts it succeeded, and returns what it printed on stdout.
+    pub async fn run_command(&self, subcommand: &str, extra: &[&str]) -> String {
+        let (mut args, env) = self.command(subcommand, &self.db.url());
+        args.extend(extra.iter().map(|a| a.to_string()));
         let bin = std::env::var("JETCRAWL_BIN")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_jetcrawl").to_string());
-        let out = tokio::process::Command::new(bin)
-            .args(&args)
-            .envs(env)
-            .output()
-            .await
-            .expect("run jetcrawl status");
+        let out = tokio::time::timeout(
+            Duration::from_secs(120),
+            tokio::process::Command::new(bin)
+                .args(&args)
+                .envs(env)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("jetcrawl {subcommand} did not finish in 120 s"))
+        .unwrap_or_else(|e| panic!("run jetcrawl {subcommand}: {e}"));
         assert!(
             out.status.success(),
-            "jetcrawl status failed: {}",
+            "jetcrawl {subcommand} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "jetcrawl status --json printed no JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// What `jetcrawl status --json` prints for the crawl, parsed.
+    pub async fn status_json(&self) -> serde_json::Value {
+        let out = self.run_command("status", &["--json"]).await;
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("jetcrawl status --json printed no JSON ({e}): {out}"))
     }
 
     /// Panics if a service this harness started has exited without being asked to.
