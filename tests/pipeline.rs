@@ -100,6 +100,70 @@ fn assert_status_shows_finished_crawl(status: &serde_json::Value, items: u64) {
     assert_eq!(sink["acked"], items, "{status}");
 }
 
+/// A metric's value in Prometheus text (summed over label sets), 0 if absent.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// What an operator's Prometheus and probes see after a finished crawl.
+async fn assert_service_endpoints(
+    fetchers: &[&common::Service],
+    parser: &common::Service,
+    sink: &common::Service,
+    items: u64,
+) {
+    let mut fetched = 0.0;
+    for s in fetchers.iter().copied().chain([parser, sink]) {
+        assert_eq!(s.http_get("/healthz").await.0, 200, "/healthz");
+        assert_eq!(
+            s.http_get("/readyz").await.0,
+            200,
+            "/readyz of a consuming service"
+        );
+    }
+    for f in fetchers {
+        let (code, text) = f.http_get("/metrics").await;
+        assert_eq!(code, 200);
+        fetched += metric(&text, "jetcrawl_pages_fetched_total");
+    }
+    assert!(
+        fetched >= items as f64,
+        "fetchers report {fetched} pages fetched"
+    );
+    let (_, parser_metrics) = parser.http_get("/metrics").await;
+    assert_eq!(
+        metric(&parser_metrics, "jetcrawl_items_extracted_total"),
+        items as f64
+    );
+    assert!(metric(&parser_metrics, "jetcrawl_links_new_total") > 0.0);
+    let (_, sink_metrics) = sink.http_get("/metrics").await;
+    assert_eq!(
+        metric(&sink_metrics, "jetcrawl_items_stored_total"),
+        items as f64
+    );
+    // Lag gauges are read from the server every few seconds; after the crawl: 0.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, text) = sink.http_get("/metrics").await;
+        if text.contains("jetcrawl_consumer_pending_messages{") {
+            assert_eq!(
+                metric(&text, "jetcrawl_consumer_pending_messages"),
+                0.0,
+                "{text}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no consumer lag gauge in /metrics:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_crawl_two_fetchers() {
     let h = Harness::start(HarnessOptions::default()).await;
@@ -131,6 +195,7 @@ async fn full_crawl_two_fetchers() {
     assert_polite_requests(&h.site);
     assert_each_page_fetched_once(&h.site);
     assert_status_shows_finished_crawl(&h.status_json().await, total as u64);
+    assert_service_endpoints(&[&fetcher1, &fetcher2], &parser, &sink, total as u64).await;
     h.stop_all(&mut [&mut fetcher1, &mut fetcher2, &mut parser, &mut sink])
         .await;
 }

@@ -51,6 +51,16 @@ pub async fn consume<F, Fut>(
     let permits = Arc::new(Semaphore::new(opts.max_in_flight.max(1)));
     let mut tasks = JoinSet::new();
     let mut backoff = Duration::from_millis(250);
+    let lag = tokio::spawn(report_lag(
+        js.clone(),
+        names.stream_of(opts.role),
+        match &opts.replay {
+            Some((name, _)) => name.clone(),
+            None => opts.role.consumer_name().to_string(),
+        },
+        stage,
+        metrics.clone(),
+    ));
     'connect: while !shutdown.is_cancelled() {
         let consumer = match &opts.replay {
             Some((name, start)) => {
@@ -155,6 +165,7 @@ pub async fn consume<F, Fut>(
             }
         }
     }
+    lag.abort();
     metrics.set_ready(false);
     tracing::info!(stage, in_flight = tasks.len(), "draining");
     let drained = tokio::time::timeout(opts.drain_deadline, async {
@@ -262,6 +273,42 @@ where
 /// `stage` as a metric label set.
 pub fn stage_label(stage: &str) -> Vec<(String, String)> {
     vec![("stage".to_string(), stage.to_string())]
+}
+
+/// Every few seconds, copy the consumer's lag from the server into the metrics.
+async fn report_lag(
+    js: jetstream::Context,
+    stream: String,
+    consumer: String,
+    stage: &'static str,
+    metrics: Metrics,
+) {
+    let labels = stage_label(stage);
+    let mut wait = Duration::ZERO;
+    loop {
+        tokio::time::sleep(wait).await;
+        // Until the consumer exists (the pull loop creates it), look again soon.
+        wait = Duration::from_secs(1);
+        let Ok(stream) = js.get_stream(&stream).await else {
+            continue;
+        };
+        let Ok(mut c) = stream
+            .get_consumer::<jetstream::consumer::pull::Config>(&consumer)
+            .await
+        else {
+            continue;
+        };
+        if let Ok(info) = c.info().await {
+            wait = Duration::from_secs(5);
+            let pending = i64::try_from(info.num_pending).unwrap_or(i64::MAX);
+            metrics.consumer_pending.get_or_create(&labels).set(pending);
+            let ack_pending = i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX);
+            metrics
+                .consumer_ack_pending
+                .get_or_create(&labels)
+                .set(ack_pending);
+        }
+    }
 }
 
 async fn sleep_or_shutdown(shutdown: &CancellationToken, d: Duration) -> bool {

@@ -64,6 +64,10 @@ pub struct Metrics {
     pub dead_letters: Family<Labels, Counter>,
     /// Messages being handled now.
     pub in_flight: Gauge,
+    /// Consumer lag: messages not yet delivered, by stage (from the server).
+    pub consumer_pending: Family<Labels, Gauge>,
+    /// Delivered but not yet acknowledged, by stage (from the server).
+    pub consumer_ack_pending: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -94,6 +98,8 @@ impl Metrics {
             redeliveries: Family::default(),
             dead_letters: Family::default(),
             in_flight: Gauge::default(),
+            consumer_pending: Family::default(),
+            consumer_ack_pending: Family::default(),
         };
         r.register(
             "pages_fetched",
@@ -157,6 +163,16 @@ impl Metrics {
             "in_flight_messages",
             "Messages being handled",
             m.in_flight.clone(),
+        );
+        r.register(
+            "consumer_pending_messages",
+            "Messages not yet delivered to the stage's consumer",
+            m.consumer_pending.clone(),
+        );
+        r.register(
+            "consumer_ack_pending_messages",
+            "Messages delivered to the stage's consumer and not yet acknowledged",
+            m.consumer_ack_pending.clone(),
         );
         m.registry = Arc::new(r);
         m

@@ -162,6 +162,17 @@ impl Frontier {
                         fetches.spawn(fetch.clone().fetch(req, permit));
                     }
                 }
+                // A fetch task that panicked sent no event: settle it here, or the
+                // crawl would wait for it forever.
+                Some(done) = fetches.join_next(), if !fetches.is_empty() => {
+                    if let Err(e) = done {
+                        if e.is_panic() {
+                            tracing::error!(error = %e, "fetch task panicked; request dropped");
+                            self.stats.error();
+                            self.in_flight -= 1;
+                        }
+                    }
+                }
                 _ = sleep_until(next_retry), if next_retry.is_some() && !stopping => {
                     let now = Instant::now();
                     while self.delayed.peek().is_some_and(|Reverse(d)| d.at <= now) {
@@ -171,7 +182,6 @@ impl Frontier {
                     }
                 }
             }
-            while fetches.try_join_next().is_some() {}
         }
         while fetches.join_next().await.is_some() {}
         Ok(())

@@ -286,7 +286,12 @@ async fn parse_pages(mut stage: ParseStage) {
                     break; // the sink failed; the crawl is stopping
                 }
             }
-            let requests = plan(&names, partitions, &extracted.links, depth + 1);
+            let requests = plan(
+                &names,
+                partitions,
+                &extracted.links,
+                depth.saturating_add(1),
+            );
             let _ = events
                 .send(Event::Parsed {
                     requests,
