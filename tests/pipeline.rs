@@ -420,6 +420,24 @@ async fn replay_reparses_stored_pages_with_new_rules() {
         format!("replayed {pages} page(s)"),
         "replay output"
     );
+    // The README's other ways to choose where a replay starts.
+    let from = (pages - 4).to_string();
+    let out = h.run_command("replay", &["--from-seq", &from]).await;
+    assert_eq!(out.trim(), "replayed 5 page(s)", "replay --from-seq {from}");
+    let out = h.run_command("replay", &["--since", "1h"]).await;
+    assert_eq!(
+        out.trim(),
+        format!("replayed {pages} page(s)"),
+        "replay --since 1h"
+    );
+    let out = h
+        .run_command("replay", &["--since", "2000-01-01T00:00:00Z"])
+        .await;
+    assert_eq!(
+        out.trim(),
+        format!("replayed {pages} page(s)"),
+        "replay --since a time"
+    );
 
     // Every row gets the new field through the running sink; none is added.
     let (db, crawl) = (&h.db, h.crawl.as_str());
@@ -454,4 +472,93 @@ async fn replay_reparses_stored_pages_with_new_rules() {
     );
     h.stop_all(&mut [&mut fetcher, &mut parser, &mut sink])
         .await;
+}
+
+/// `jetcrawl init` alone sets up everything a crawl needs, so that a plain `nats pub`
+/// is stored before any service runs; `status --watch` then shows it and keeps
+/// refreshing, with rates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_then_plain_publish_then_status_watch() {
+    let h = Harness::start(HarnessOptions::default()).await;
+    let out = h.run_command("init", &[]).await;
+    assert!(
+        out.contains(&format!("crawl {} ready", h.crawl)),
+        "init said: {out}"
+    );
+    assert!(
+        h.db.table_exists().await,
+        "init --database-url creates the items table"
+    );
+    let js = jetstream::connect(&h.nats.url()).await;
+    for kind in ["FRONTIER", "PAGES", "ITEMS", "DEAD"] {
+        assert!(
+            js.get_stream(stream_name(&h.crawl, kind)).await.is_ok(),
+            "{kind} stream"
+        );
+    }
+
+    // What `nats pub jetcrawl.<crawl>.seeds URL` does, with no service running yet.
+    let client = async_nats::connect(h.nats.url()).await.expect("nats");
+    let subject = format!("jetcrawl.{}.seeds", h.crawl);
+    client
+        .publish(subject, h.site.start_url().into())
+        .await
+        .expect("publish");
+    client.flush().await.expect("flush");
+    let status = h.status_json().await;
+    let seeds = status["consumers"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "seeds").cloned())
+        .expect("seeds consumer");
+    assert_eq!(
+        seeds["pending"], 1,
+        "the seed waits in the stream: {status}"
+    );
+
+    // --watch prints a fresh table every two seconds until stopped.
+    let args = [
+        "status".to_string(),
+        "--spider".to_string(),
+        h.spider.display().to_string(),
+        "--nats-url".to_string(),
+        h.nats.url(),
+        "--watch".to_string(),
+    ];
+    let bin = std::env::var("JETCRAWL_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_jetcrawl").to_string());
+    let child = tokio::process::Command::new(bin)
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("status --watch");
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    let pid = child.id().expect("pid").to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status();
+    let out = child
+        .wait_with_output()
+        .await
+        .expect("status --watch output");
+    assert!(
+        out.status.success(),
+        "status --watch exits 0 on Ctrl-C: {:?}",
+        out.status
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tables = text.matches(&format!("crawl {}", h.crawl)).count();
+    assert!(tables >= 2, "--watch refreshed {tables} time(s):\n{text}");
+    assert!(text.contains("ACKS/S"), "{text}");
+
+    // Services started afterwards pick the seed up.
+    let mut services = [
+        h.spawn(Role::Fetcher),
+        h.spawn(Role::Parser),
+        h.spawn(Role::Sink),
+    ];
+    h.wait_idle(CRAWL).await;
+    h.assert_items(&h.site.expected_items()).await;
+    let [a, b, c] = &mut services;
+    h.stop_all(&mut [a, b, c]).await;
 }

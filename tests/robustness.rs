@@ -484,6 +484,26 @@ async fn redis_restart_mid_crawl() {
     assert_running_then_stop(&h, &mut services).await;
 }
 
+/// Services may start in any order, before the servers they need: they wait for NATS
+/// and Redis instead of exiting, then crawl as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_started_before_their_servers_wait_for_them() {
+    let mut h = Harness::start(HarnessOptions::default()).await;
+    h.nats.kill();
+    h.redis.kill();
+    let mut services = spawn_pipeline(&h);
+    // Down for a while: nothing may exit or panic meanwhile.
+    ride_out(&h, Duration::from_secs(3)).await;
+    h.nats.restart().await;
+    ride_out(&h, Duration::from_secs(1)).await;
+    h.redis.restart().await;
+    h.wait_topology(STARTUP).await;
+    h.seed(&[&h.site.start_url()]).await;
+    wait_idle_healthy(&h, RECOVERY, "NATS and Redis coming up").await;
+    h.assert_items(&h.site.expected_items()).await;
+    assert_running_then_stop(&h, &mut services).await;
+}
+
 // ------------------------------------------------------------------------------------
 // hostile pages
 

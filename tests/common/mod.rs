@@ -247,7 +247,9 @@ impl Harness {
         ];
         match subcommand {
             "parser" | "replay" => args.extend(["--redis-url".to_string(), self.redis.url()]),
-            "sink" => args.extend(["--database-url".to_string(), database_url.to_string()]),
+            "sink" | "init" => {
+                args.extend(["--database-url".to_string(), database_url.to_string()])
+            }
             _ => {}
         }
         let env = vec![
