@@ -1,0 +1,365 @@
+//! HTTP GET with the crawler's safety limits: redirects followed one hop at a time
+//! (each hop checked for scheme, scope and private addresses), private networks refused
+//! after DNS resolution, time, header size and decompressed body size all capped.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use chrono::{DateTime, NaiveDateTime, Utc};
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER};
+use tokio::time::{timeout_at, Instant};
+
+use crate::error::{redact_url, FetchError};
+
+const ACCEPT_VALUE: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+/// A Retry-After further out than this is treated as this.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// Never pre-allocate more than this for a body, whatever Content-Length claims.
+const MAX_INITIAL_BUFFER: usize = 256 * 1024;
+
+/// Decides whether a URL is inside the crawl's scope.
+pub type ScopeCheck = Arc<dyn Fn(&url::Url) -> bool + Send + Sync>;
+
+/// Limits and identity for [`HttpClient`].
+#[derive(Clone)]
+pub struct HttpConfig {
+    /// Sent as `User-Agent` on every request.
+    pub user_agent: String,
+    /// TCP + TLS connect.
+    pub connect_timeout: Duration,
+    /// Longest silence allowed between body chunks (slow-loris protection).
+    pub read_timeout: Duration,
+    /// Whole request, redirects and body included.
+    pub total_timeout: Duration,
+    /// Redirect hops followed before giving up.
+    pub max_redirects: usize,
+    /// Decompressed body bytes kept; beyond it the body is truncated.
+    pub max_body_bytes: usize,
+    /// Responses whose header block is larger than this fail.
+    pub max_header_bytes: usize,
+    /// Whether loopback, private, link-local, ... addresses may be fetched.
+    pub allow_private_networks: bool,
+    /// Scope check applied to every redirect target; `None` allows any.
+    pub allowed_hosts: Option<ScopeCheck>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            user_agent: concat!("jetcrawl/", env!("CARGO_PKG_VERSION")).to_string(),
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(30),
+            total_timeout: Duration::from_secs(60),
+            max_redirects: 10,
+            max_body_bytes: 10 * 1024 * 1024,
+            max_header_bytes: 64 * 1024,
+            allow_private_networks: false,
+            allowed_hosts: None,
+        }
+    }
+}
+
+impl fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("user_agent", &self.user_agent)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("read_timeout", &self.read_timeout)
+            .field("total_timeout", &self.total_timeout)
+            .field("max_redirects", &self.max_redirects)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_header_bytes", &self.max_header_bytes)
+            .field("allow_private_networks", &self.allow_private_networks)
+            .field(
+                "allowed_hosts",
+                &self.allowed_hosts.as_ref().map(|_| "<fn>"),
+            )
+            .finish()
+    }
+}
+
+/// The final response of a GET, after redirects.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub final_url: url::Url,
+    pub status: u16,
+    /// The raw Content-Type header value.
+    pub content_type: Option<String>,
+    /// Parsed Retry-After (delta-seconds or HTTP-date), at most one hour.
+    pub retry_after: Option<Duration>,
+    /// Decompressed bytes, at most `max_body_bytes`.
+    pub body: Bytes,
+    /// Whether the body was cut at `max_body_bytes`.
+    pub truncated: bool,
+    pub redirects: usize,
+    pub elapsed: Duration,
+}
+
+/// A GET-only client; cheap to clone (shares one connection pool).
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    client: reqwest::Client,
+    cfg: Arc<HttpConfig>,
+}
+
+impl HttpClient {
+    pub fn new(cfg: HttpConfig) -> Result<Self, FetchError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static(ACCEPT_VALUE));
+        let resolver = GuardedResolver {
+            allow_private: cfg.allow_private_networks,
+        };
+        let client = reqwest::Client::builder()
+            .user_agent(cfg.user_agent.as_str())
+            .default_headers(headers)
+            .redirect(reqwest::redirect::Policy::none())
+            // A proxy would resolve names itself, out of reach of the private-address guard.
+            .no_proxy()
+            .connect_timeout(cfg.connect_timeout)
+            .read_timeout(cfg.read_timeout)
+            .http2_max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
+            .dns_resolver(Arc::new(resolver))
+            .build()
+            .map_err(|e| FetchError::Http(describe(&e)))?;
+        Ok(HttpClient {
+            client,
+            cfg: Arc::new(cfg),
+        })
+    }
+
+    pub fn config(&self) -> &HttpConfig {
+        &self.cfg
+    }
+
+    /// GET `url`, following up to `max_redirects` redirects; every hop is checked for
+    /// scheme (http/https), scope and private addresses. A loop fails at once.
+    pub async fn get(&self, url: &url::Url) -> Result<HttpResponse, FetchError> {
+        let started = Instant::now();
+        let deadline = started + self.cfg.total_timeout;
+        let mut current = url.clone();
+        let mut visited = HashSet::new();
+        let mut redirects = 0;
+        loop {
+            self.check_target(&current)?;
+            visited.insert(current.clone());
+            let response = timeout_at(deadline, self.client.get(current.clone()).send())
+                .await
+                .map_err(|_| FetchError::Timeout)?
+                .map_err(map_reqwest_error)?;
+            let header_bytes = header_bytes(response.headers());
+            if header_bytes > self.cfg.max_header_bytes {
+                return Err(FetchError::HeadersTooLarge(self.cfg.max_header_bytes));
+            }
+            if let Some(next) = redirect_target(&current, &response)? {
+                if visited.contains(&next) {
+                    return Err(FetchError::TooManyRedirects(redirects + 1));
+                }
+                if redirects >= self.cfg.max_redirects {
+                    return Err(FetchError::TooManyRedirects(redirects));
+                }
+                if let Some(in_scope) = &self.cfg.allowed_hosts {
+                    if !in_scope(&next) {
+                        return Err(FetchError::RedirectOutOfScope(redact_url(&next)));
+                    }
+                }
+                redirects += 1;
+                current = next;
+                continue;
+            }
+            let status = response.status().as_u16();
+            let content_type = response
+                .headers()
+                .get(CONTENT_TYPE)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, Utc::now()));
+            let (body, truncated) = self.read_body(response, deadline).await?;
+            return Ok(HttpResponse {
+                final_url: current,
+                status,
+                content_type,
+                retry_after,
+                body,
+                truncated,
+                redirects,
+                elapsed: started.elapsed(),
+            });
+        }
+    }
+
+    /// Refuses what must never be requested: other schemes, and IP-literal hosts in
+    /// refused ranges (names are checked after resolution, in [`GuardedResolver`]).
+    fn check_target(&self, url: &url::Url) -> Result<(), FetchError> {
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(FetchError::UnsupportedScheme(url.scheme().to_string()));
+        }
+        let ip = match url.host() {
+            None => return Err(FetchError::InvalidUrl(redact_url(url))),
+            Some(url::Host::Domain(_)) => return Ok(()),
+            Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
+            Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
+        };
+        if !self.cfg.allow_private_networks && is_refused_address(ip) {
+            return Err(FetchError::PrivateAddress(ip.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Reads at most `max_body_bytes` decompressed bytes, so a decompression bomb costs
+    /// no more memory than an honest page; the rest of the stream is dropped unread.
+    async fn read_body(
+        &self,
+        mut response: reqwest::Response,
+        deadline: Instant,
+    ) -> Result<(Bytes, bool), FetchError> {
+        let cap = self.cfg.max_body_bytes;
+        let hint = response
+            .content_length()
+            .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX))
+            .min(cap)
+            .min(MAX_INITIAL_BUFFER);
+        let mut body = BytesMut::with_capacity(hint);
+        loop {
+            let chunk_deadline = (Instant::now() + self.cfg.read_timeout).min(deadline);
+            let chunk = timeout_at(chunk_deadline, response.chunk()).await;
+            if body.len() == cap {
+                // Full: whether anything (or an error) follows only decides `truncated`.
+                let ended = matches!(chunk, Ok(Ok(None)));
+                return Ok((body.freeze(), !ended));
+            }
+            let Some(chunk) = chunk
+                .map_err(|_| FetchError::Timeout)?
+                .map_err(map_reqwest_error)?
+            else {
+                return Ok((body.freeze(), false));
+            };
+            let room = cap - body.len();
+            if chunk.len() > room {
+                body.extend_from_slice(&chunk[..room]);
+                return Ok((body.freeze(), true));
+            }
+            body.extend_from_slice(&chunk);
+        }
+    }
+}
+
+/// The next URL if `response` is a redirect with a usable Location; we only GET, so
+/// 301/302/303/307/308 are all followed with GET.
+fn redirect_target(
+    current: &url::Url,
+    response: &reqwest::Response,
+) -> Result<Option<url::Url>, FetchError> {
+    if !matches!(response.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
+        return Ok(None);
+    }
+    let Some(location) = response.headers().get(LOCATION) else {
+        return Ok(None);
+    };
+    let location = String::from_utf8_lossy(location.as_bytes());
+    let mut next = current
+        .join(location.trim())
+        .map_err(|e| FetchError::InvalidUrl(format!("redirect location: {e}")))?;
+    // A fragment is the client's business; keeping the original one is what browsers do.
+    if next.fragment().is_none() {
+        next.set_fragment(current.fragment());
+    }
+    Ok(Some(next))
+}
+
+fn header_bytes(headers: &HeaderMap) -> usize {
+    // name + ": " + value + CRLF, as on the wire.
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
+}
+
+/// Parses a Retry-After value: delta-seconds or an HTTP-date (IMF-fixdate, RFC 850 or
+/// asctime). Dates in the past mean zero; anything over an hour is capped.
+pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER));
+    }
+    let when = DateTime::parse_from_rfc2822(value)
+        .map(|d| d.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            ["%A, %d-%b-%y %H:%M:%S GMT", "%a %b %e %H:%M:%S %Y"]
+                .iter()
+                .find_map(|format| NaiveDateTime::parse_from_str(value, format).ok())
+                .map(|naive| naive.and_utc())
+        })?;
+    let delay = (when - now).to_std().unwrap_or(Duration::ZERO);
+    Some(delay.min(MAX_RETRY_AFTER))
+}
+
+mod guard;
+
+pub use guard::is_refused_address;
+use guard::{GuardedResolver, ResolveError};
+
+fn map_reqwest_error(err: reqwest::Error) -> FetchError {
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        if let Some(resolve) = cause.downcast_ref::<ResolveError>() {
+            return match resolve {
+                ResolveError::Refused(host) => FetchError::PrivateAddress(host.clone()),
+                other => FetchError::Dns(other.to_string()),
+            };
+        }
+        source = cause.source();
+    }
+    if err.is_timeout() {
+        FetchError::Timeout
+    } else if err.is_connect() {
+        FetchError::Connect(describe(&err))
+    } else if err.is_builder() {
+        FetchError::InvalidUrl(describe(&err))
+    } else {
+        FetchError::Http(describe(&err))
+    }
+}
+
+/// The error's causes joined, lowercase; reqwest's own message is skipped because it
+/// embeds the request URL, which may carry credentials.
+fn describe(err: &reqwest::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        let text = lowercase_first(&cause.to_string());
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = cause.source();
+    }
+    if parts.is_empty() {
+        let what = if err.is_body() {
+            "body error"
+        } else if err.is_decode() {
+            "decode error"
+        } else {
+            "request error"
+        };
+        parts.push(what.to_string());
+    }
+    parts.join(": ")
+}
+
+fn lowercase_first(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
