@@ -432,8 +432,18 @@ async fn wait_for_a_fifth(h: &Harness, total: i64) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_restart_mid_crawl() {
+/// A server the crawl depends on, for the restart tests.
+#[derive(Clone, Copy, Debug)]
+enum Server {
+    Nats,
+    Redis,
+}
+
+/// Kill `server` at a fifth of the crawl, keep it down for [`OUTAGE`], restart it on
+/// the same port (NATS keeps its store; Redis, with no persistence, comes back with an
+/// empty dupefilter, so pages may be fetched again): the services reconnect on their
+/// own and every item is still stored exactly once.
+async fn restart_mid_crawl(server: Server) {
     let mut h = Harness::start(slow_crawl()).await;
     let expected = h.site.expected_items();
     let total = expected.len() as i64;
@@ -442,46 +452,34 @@ async fn nats_restart_mid_crawl() {
     h.seed(&[&h.site.start_url()]).await;
 
     wait_for_a_fifth(&h, total).await;
-    h.nats.kill();
+    match server {
+        Server::Nats => h.nats.kill(),
+        Server::Redis => h.redis.kill(),
+    }
     let at_kill = h.db.count(&h.crawl).await;
     assert!(
         at_kill < total,
-        "the crawl finished before NATS was killed ({at_kill}/{total} stored): slow the site down"
+        "the crawl finished before {server:?} was killed ({at_kill}/{total} stored): slow the site down"
     );
     ride_out(&h, OUTAGE).await;
-    // Same port, same store: the services must find it again on their own.
-    h.nats.restart().await;
+    match server {
+        Server::Nats => h.nats.restart().await,
+        Server::Redis => h.redis.restart().await,
+    }
 
-    // Services must reconnect on their own, promptly.
-    wait_idle_healthy(&h, RECOVERY, "NATS coming back").await;
+    wait_idle_healthy(&h, RECOVERY, &format!("{server:?} coming back")).await;
     h.assert_items(&expected).await;
     assert_running_then_stop(&h, &mut services).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restart_mid_crawl() {
+    restart_mid_crawl(Server::Nats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_mid_crawl() {
-    let mut h = Harness::start(slow_crawl()).await;
-    let expected = h.site.expected_items();
-    let total = expected.len() as i64;
-    let mut services = spawn_pipeline(&h);
-    h.wait_topology(STARTUP).await;
-    h.seed(&[&h.site.start_url()]).await;
-
-    wait_for_a_fifth(&h, total).await;
-    // No persistence: the dupefilter comes back empty, so pages may be fetched again;
-    // items must still be stored exactly once.
-    h.redis.kill();
-    let at_kill = h.db.count(&h.crawl).await;
-    assert!(
-        at_kill < total,
-        "the crawl finished before Redis was killed ({at_kill}/{total} stored): slow the site down"
-    );
-    ride_out(&h, OUTAGE).await;
-    h.redis.restart().await;
-
-    wait_idle_healthy(&h, RECOVERY, "Redis coming back").await;
-    h.assert_items(&expected).await;
-    assert_running_then_stop(&h, &mut services).await;
+    restart_mid_crawl(Server::Redis).await;
 }
 
 /// Services may start in any order, before the servers they need: they wait for NATS
