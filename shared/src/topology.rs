@@ -241,14 +241,7 @@ pub async fn ensure_consumer(
         filter_subject,
         ..Default::default()
     };
-    let stream = js
-        .get_stream(names.stream_of(role))
-        .await
-        .map_err(|e| Error::js("get stream", e))?;
-    stream
-        .create_consumer(config)
-        .await
-        .map_err(|e| Error::js("create consumer", e))
+    create_consumer(js, &names.stream_of(role), config).await
 }
 
 /// Where a replay of PAGES starts.
@@ -295,8 +288,17 @@ pub async fn ensure_replay_consumer(
         inactive_threshold: Duration::from_secs(3600),
         ..Default::default()
     };
+    create_consumer(js, &names.pages_stream(), config).await
+}
+
+/// Create or update a pull consumer on `stream`.
+async fn create_consumer(
+    js: &jetstream::Context,
+    stream: &str,
+    config: pull::Config,
+) -> Result<PullConsumer, Error> {
     let stream = js
-        .get_stream(names.pages_stream())
+        .get_stream(stream)
         .await
         .map_err(|e| Error::js("get stream", e))?;
     stream
