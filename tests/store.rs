@@ -27,6 +27,7 @@ macro_rules! store_test_suite {
             migrate_from_four_sinks_at_once,
             storing_a_batch_again_updates_its_rows,
             duplicates_in_one_batch_last_one_wins,
+            an_older_fetch_never_overwrites_a_newer_one,
             same_item_id_in_two_crawls_is_two_rows,
             text_round_trips_exactly,
             nul_characters_are_stored_removed,
@@ -375,6 +376,32 @@ mod suite {
         assert_eq!(rows.len(), 2, "{rows:?}");
         assert_row_is(&rows[0], &batch[3]);
         assert_row_is(&rows[1], &batch[1]);
+        store.close().await;
+    }
+
+    /// A stale copy (a redelivery, or a replay of an old page beside a fresh crawl)
+    /// must not overwrite what a newer fetch stored, in separate batches or in one.
+    pub async fn an_older_fetch_never_overwrites_a_newer_one(db: Backend) {
+        let store = db.store();
+        store.migrate().await.expect("migrate");
+        let first = crawl();
+        let old = item(&first, "v", json!({"v": "old"}));
+        let mut new = item(&first, "v", json!({"v": "new"}));
+        new.fetched_at = old.fetched_at + chrono::Duration::seconds(60);
+        store_ok(&store, std::slice::from_ref(&new)).await;
+        store_ok(&store, std::slice::from_ref(&old)).await;
+        let rows = db.rows(&first).await;
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_row_is(&rows[0], &new);
+        // In one batch, the newer fetch wins whatever the order.
+        let other = crawl();
+        let (mut old2, mut new2) = (old.clone(), new.clone());
+        old2.crawl = other.clone();
+        new2.crawl = other.clone();
+        store_ok(&store, &[new2.clone(), old2]).await;
+        let rows = db.rows(&other).await;
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_row_is(&rows[0], &new2);
         store.close().await;
     }
 

@@ -10,6 +10,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+/// Hosts remembered before idle ones are pruned.
+const PRUNE_FLOOR: usize = 10_000;
+
 /// Politeness settings for every host.
 #[derive(Debug, Clone)]
 pub struct PolitenessConfig {
@@ -28,6 +31,9 @@ pub struct PolitenessConfig {
 pub struct Politeness {
     cfg: PolitenessConfig,
     hosts: Arc<Mutex<HashMap<String, HostState>>>,
+    /// Host count at which idle hosts are next pruned (doubles when pruning frees
+    /// little, so a broad crawl does not rescan the map on every request).
+    prune_at: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 struct HostState {
@@ -104,6 +110,7 @@ impl Politeness {
         Politeness {
             cfg,
             hosts: Arc::new(Mutex::new(HashMap::new())),
+            prune_at: Arc::new(std::sync::atomic::AtomicUsize::new(PRUNE_FLOOR)),
         }
     }
 
@@ -119,13 +126,18 @@ impl Politeness {
             let (wait, released) = {
                 let mut hosts = lock(&self.hosts);
                 let now = Instant::now();
-                if hosts.len() > 10_000 {
+                let prune_at = self.prune_at.load(std::sync::atomic::Ordering::Relaxed);
+                if hosts.len() > prune_at {
                     // Forget hosts idle for ten minutes, so memory follows the active set.
                     hosts.retain(|_, st| {
                         st.in_flight > 0
                             || st.waiting > 0
                             || now.duration_since(st.last_used) < Duration::from_secs(600)
                     });
+                    self.prune_at.store(
+                        (hosts.len() * 2).max(PRUNE_FLOOR),
+                        std::sync::atomic::Ordering::Relaxed,
+                    );
                 }
                 let st = hosts.entry(host.to_string()).or_insert_with(|| HostState {
                     next_start: now,

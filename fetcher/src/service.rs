@@ -42,8 +42,9 @@ struct Ctx {
     progress_every: Duration,
 }
 
-/// The furthest a retry's not-before time can legitimately be (backoff cap + slack).
-const MAX_NOT_BEFORE_MS: i64 = 15 * 60 * 1000;
+/// The furthest a not-before time can legitimately be: Retry-After is honoured up to
+/// an hour, backoffs up to ten minutes; anything later is not one of ours.
+const MAX_NOT_BEFORE_MS: i64 = 75 * 60 * 1000;
 
 /// Room left in a NATS message for headers, next to the body.
 const HEADER_ROOM: usize = 64 * 1024;
@@ -142,12 +143,18 @@ async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message) {
                     retry_in_ms = delay.as_millis() as u64,
                     "will retry"
                 );
-                let published =
-                    publish_holding(&ctx, &msg, || publish_retry(&ctx, &msg, &request)).await;
-                settle_publish(&ctx, &msg, published).await;
+                let id = format!("t{}", request.tries);
+                requeue(&ctx, &msg, &request, id, delay).await;
             }
             FetchOutcome::Busy(retry_after) => {
-                ack(&msg, AckKind::Nak(Some(retry_after))).await;
+                // Handing back with a nak would count a delivery every time, and a host
+                // with a long queue would make its requests look like poison. A copy
+                // with a not-before time starts its own count.
+                let mut request = req.clone();
+                request.not_before_ms =
+                    Some(chrono::Utc::now().timestamp_millis() + retry_after.as_millis() as i64);
+                let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+                requeue(&ctx, &msg, &request, format!("b{seq}"), retry_after).await;
             }
             FetchOutcome::Invalid(reason) => {
                 give_up(&ctx.js, &ctx.names, "fetcher", &msg, &reason, &ctx.metrics).await;
@@ -170,13 +177,19 @@ async fn publish_page(ctx: &Ctx, page: &Page, id: String) -> Result<(), PublishE
     Ok(())
 }
 
-/// A retry is the same request, republished with its try count and not-before time,
-/// under an id of its own so the duplicate window keeps a redelivery idempotent.
-async fn publish_retry(
+/// Put a request back in the frontier as a new message (the same request, with its
+/// try count and not-before time, under the id `<page id>-<suffix>` so that a
+/// redelivered original requeues idempotently), then ack the original. If the frontier
+/// will not take it now (full, or NATS away), hand the original back with a delayed nak
+/// rather than hold a fetch slot: held slots would wait on a frontier that only they
+/// can drain.
+async fn requeue(
     ctx: &Ctx,
     msg: &jetstream::Message,
     req: &CrawlRequest,
-) -> Result<(), PublishError> {
+    suffix: String,
+    delay: Duration,
+) {
     let base = req.page_id.clone().unwrap_or_else(|| {
         url::Url::parse(&req.url)
             .map(|u| fp_hex(jetcrawl_shared::canon::url_fingerprint(&u)))
@@ -184,12 +197,20 @@ async fn publish_retry(
     });
     let publish = PublishMessage::build()
         .payload(Bytes::from(serde_json::to_vec(req).unwrap_or_default()))
-        .message_id(format!("{base}-t{}", req.tries));
-    ctx.js
-        .send_publish(msg.subject.to_string(), publish)
-        .await?
-        .await?;
-    Ok(())
+        .message_id(format!("{base}-{suffix}"));
+    let published = async {
+        ctx.js
+            .send_publish(msg.subject.to_string(), publish)
+            .await?
+            .await
+    };
+    match published.await {
+        Ok(_) => ack(msg, AckKind::Ack).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "frontier did not take the request back; nak instead");
+            ack(msg, AckKind::Nak(Some(delay.max(Duration::from_secs(1))))).await;
+        }
+    }
 }
 
 /// Publish, retrying in place while NATS reconnects or PAGES is full: the request

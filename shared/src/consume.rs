@@ -82,7 +82,9 @@ pub async fn consume<F, Fut>(
         };
         let stream = consumer
             .stream()
-            .max_messages_per_batch(opts.max_in_flight.clamp(1, 256))
+            // Small pulls: prefetched messages wait in the client with their ack_wait
+            // running and no progress acks, so keep few of them there.
+            .max_messages_per_batch((opts.max_in_flight / 4).clamp(1, 64))
             .heartbeat(Duration::from_secs(5))
             .expires(Duration::from_secs(30))
             .messages()
@@ -133,8 +135,22 @@ pub async fn consume<F, Fut>(
                         continue;
                     }
                     let handler = handler.clone();
+                    let (js, names, metrics) = (js.clone(), names.clone(), metrics.clone());
                     tasks.spawn(async move {
-                        handler(msg).await;
+                        // A handler that panics on a message would panic on it again:
+                        // dead-letter it now instead of after many redeliveries.
+                        let kept = msg.clone();
+                        let run = std::panic::AssertUnwindSafe(handler(msg));
+                        if let Err(panic) = futures::FutureExt::catch_unwind(run).await {
+                            let what = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_default();
+                            tracing::error!(stage, panic = %what, "message handler panicked");
+                            let reason = format!("the {stage} panicked on this message: {what}");
+                            give_up(&js, &names, stage, &kept, &reason, &metrics).await;
+                        }
                         drop(permit);
                     });
                 }

@@ -46,6 +46,7 @@ pub async fn run(cfg: SinkConfig, shutdown: CancellationToken) -> Result<(), Sin
         batch_size,
         batch_timeout,
         progress_every: cfg.spider.spider.streams.ack_wait() / 3,
+        store_timeout: (cfg.spider.spider.streams.ack_wait() / 2).max(Duration::from_secs(10)),
         shutdown: shutdown.clone(),
     };
     let batching = tokio::spawn(batcher.run(rx));
@@ -108,6 +109,8 @@ struct Batcher {
     batch_size: usize,
     batch_timeout: Duration,
     progress_every: Duration,
+    /// Longest wait for one batch's transaction.
+    store_timeout: Duration,
     shutdown: CancellationToken,
 }
 
@@ -152,7 +155,23 @@ impl Batcher {
         let mut last_progress = Instant::now();
         loop {
             let started = Instant::now();
-            match self.store.store(&items).await {
+            // Bounded, and interruptible: a statement stuck on a lock or a connection to
+            // a vanished host must neither hang the sink nor its shutdown.
+            let stored = tokio::select! {
+                r = tokio::time::timeout(self.store_timeout, self.store.store(&items)) => match r {
+                    Ok(r) => r,
+                    Err(_) => Err(SinkError::Database {
+                        code: None,
+                        message: format!("no answer within {:?}", self.store_timeout),
+                        retryable: true,
+                    }),
+                },
+                _ = self.shutdown.cancelled() => {
+                    futures::future::join_all(msgs.iter().map(|m| ack(m, AckKind::Nak(None)))).await;
+                    return;
+                }
+            };
+            match stored {
                 Ok(()) => {
                     self.metrics
                         .batch_seconds
@@ -162,9 +181,15 @@ impl Batcher {
                     tracing::debug!(items = items.len(), "batch committed");
                     return;
                 }
-                Err(e) if e.is_retryable() => {
+                Err(e) if e.is_data_error() => {
+                    // Something in the batch can never be stored: find it item by item.
+                    tracing::warn!(error = %e, "batch refused; storing items one by one");
+                    self.write_each(msgs, items).await;
+                    return;
+                }
+                Err(e) => {
+                    // The database's state, not the data's: hold the batch and retry.
                     tracing::warn!(error = %e, items = items.len(), retry_in_ms = delay.as_millis() as u64, "batch not stored; holding it");
-                    // Keep the held messages ours while we wait.
                     if last_progress.elapsed() >= self.progress_every {
                         futures::future::join_all(msgs.iter().map(|m| ack(m, AckKind::Progress)))
                             .await;
@@ -179,12 +204,6 @@ impl Batcher {
                     }
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
-                Err(e) => {
-                    // Something in the batch can never be stored: find it item by item.
-                    tracing::warn!(error = %e, "batch refused; storing items one by one");
-                    self.write_each(msgs, items).await;
-                    return;
-                }
             }
         }
     }
@@ -196,7 +215,7 @@ impl Batcher {
                     self.metrics.items_stored.inc();
                     ack(&msg, AckKind::Ack).await;
                 }
-                Err(e) if e.is_retryable() => {
+                Err(e) if !e.is_data_error() => {
                     ack(&msg, AckKind::Nak(Some(Duration::from_secs(1)))).await;
                 }
                 Err(e) => {

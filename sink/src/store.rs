@@ -34,7 +34,8 @@ ON CONFLICT (crawl, item_id) DO UPDATE SET
     url = EXCLUDED.url,
     data = EXCLUDED.data,
     fetched_at = EXCLUDED.fetched_at,
-    stored_at = EXCLUDED.stored_at";
+    stored_at = EXCLUDED.stored_at
+WHERE jetcrawl_items.fetched_at IS NULL OR jetcrawl_items.fetched_at <= EXCLUDED.fetched_at";
 
 const SQLITE_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jetcrawl_items (
@@ -56,7 +57,8 @@ ON CONFLICT (crawl, item_id) DO UPDATE SET
     url = excluded.url,
     data = excluded.data,
     fetched_at = excluded.fetched_at,
-    stored_at = excluded.stored_at";
+    stored_at = excluded.stored_at
+WHERE jetcrawl_items.fetched_at IS NULL OR jetcrawl_items.fetched_at <= excluded.fetched_at";
 
 /// Where items go.
 #[derive(Clone, Debug)]
@@ -107,7 +109,22 @@ impl Store {
                 tx.commit().await?;
             }
             Store::Sqlite(pool) => {
-                sqlx::query(SQLITE_SCHEMA).execute(pool).await?;
+                // Several processes opening one new file at once can find it locked
+                // for a moment (switching to WAL takes an exclusive lock).
+                let mut attempt = 0;
+                loop {
+                    match sqlx::query(SQLITE_SCHEMA).execute(pool).await {
+                        Ok(_) => break,
+                        Err(e) => {
+                            let e = SinkError::from(e);
+                            attempt += 1;
+                            if !e.is_retryable() || attempt >= 20 {
+                                return Err(e);
+                            }
+                            tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                        }
+                    }
+                }
             }
         }
         Ok(())
@@ -208,14 +225,20 @@ fn strip_nul(value: &mut serde_json::Value) {
     }
 }
 
-/// One row per (crawl, item_id), the last one winning: PostgreSQL refuses to update a
-/// row twice in one statement.
+/// One row per (crawl, item_id), the newest fetch winning: PostgreSQL refuses to update
+/// a row twice in one statement.
 fn dedupe_last(items: &[Item]) -> Vec<&Item> {
-    let mut index = std::collections::HashMap::with_capacity(items.len());
+    let mut index: std::collections::HashMap<(&str, &str), usize> =
+        std::collections::HashMap::with_capacity(items.len());
     let mut out: Vec<&Item> = Vec::with_capacity(items.len());
     for item in items {
         match index.entry((item.crawl.as_str(), item.item_id.as_str())) {
-            std::collections::hash_map::Entry::Occupied(e) => out[*e.get()] = item,
+            // The newer fetch wins (the later message on a tie), as in the upsert.
+            std::collections::hash_map::Entry::Occupied(e) => {
+                if item.fetched_at >= out[*e.get()].fetched_at {
+                    out[*e.get()] = item;
+                }
+            }
             std::collections::hash_map::Entry::Vacant(e) => {
                 e.insert(out.len());
                 out.push(item);

@@ -237,6 +237,15 @@ impl FetchStage {
     }
 }
 
+async fn settle_parse_task(done: Result<(), tokio::task::JoinError>, events: &mpsc::Sender<Event>) {
+    if let Err(e) = done {
+        if e.is_panic() {
+            tracing::error!(error = %e, "parse task panicked; page dropped");
+            let _ = events.send(Event::Dropped).await;
+        }
+    }
+}
+
 struct ParseStage {
     rules: Arc<Rules>,
     names: Names,
@@ -299,8 +308,13 @@ async fn parse_pages(mut stage: ParseStage) {
                 })
                 .await;
         });
-        // Reap finished tasks as we go, so the set stays small.
-        while tasks.try_join_next().is_some() {}
+        // Reap finished tasks as we go, so the set stays small. A task that panicked
+        // sent no event: settle its request, or the crawl would wait for it forever.
+        while let Some(done) = tasks.try_join_next() {
+            settle_parse_task(done, &stage.events).await;
+        }
     }
-    while tasks.join_next().await.is_some() {}
+    while let Some(done) = tasks.join_next().await {
+        settle_parse_task(done, &stage.events).await;
+    }
 }
