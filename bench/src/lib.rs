@@ -1,7 +1,18 @@
-//! jetcrawl benchmarks, run as release binaries (`cargo run --release -p jetcrawl-bench
-//! --bin <name>`), each starting the servers it needs.
+//! jetcrawl benchmarks and the servers the tests share, run as release binaries
+//! (`scripts/bench.sh`, or `cargo run --release -p jetcrawl-bench --bin <name>`).
 //!
-//! Layout: `redis_server` (a throwaway `redis-server` on a free loopback port) ·
-//! `bin/dupefilter` (bytes per URL and check+add throughput of the Redis dupefilter).
+//! Layout: `servers` (throwaway nats-server and redis-server on free loopback ports;
+//! the integration tests use them too) · `demo_site` (the deterministic e-commerce
+//! site crawled by the benchmarks; `bin/demo-site` serves it) · `procs` (CPU time and
+//! memory of processes, from /proc) · `stack` (one benchmark run: servers, a fresh
+//! PostgreSQL database, the `jetcrawl` processes) · `bin/bench` (the crawl, sink,
+//! backpressure and memory scenarios) · `bin/dupefilter` (bytes per URL and check+add
+//! throughput of the Redis dupefilter).
 
-pub mod redis_server;
+pub mod demo_site;
+pub mod procs;
+pub mod servers;
+pub mod stack;
+
+/// The PostgreSQL server benchmarks create their databases on.
+pub const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432/postgres";

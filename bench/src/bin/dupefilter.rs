@@ -20,7 +20,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::aio::MultiplexedConnection;
 
-use jetcrawl_bench::redis_server::RedisServer;
+use jetcrawl_bench::servers::RedisServer;
 use jetcrawl_shared::dupefilter::{Dupefilter, RedisDupefilter};
 
 /// Buckets of the Redis layout (top 16 bits of a fingerprint; see the dupefilter module).
@@ -97,7 +97,7 @@ async fn main() -> Result<()> {
     let mut server_info = String::new();
     for &n in &args.sizes {
         eprintln!("n = {n}: starting redis-server");
-        let redis = RedisServer::start().await?;
+        let redis = RedisServer::start().await;
         let mut conn = redis::Client::open(redis.url())?
             .get_multiplexed_async_connection()
             .await
