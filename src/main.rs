@@ -13,6 +13,12 @@ use clap::{Args, Parser, Subcommand};
 
 use jetcrawl_shared::{shutdown, telemetry};
 
+/// mimalloc: every stage allocates per message and the parser per DOM node; glibc's
+/// malloc spent ~10% of the parser's CPU in `_int_malloc`/`_int_free` (perf, see
+/// docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "jetcrawl",

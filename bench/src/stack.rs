@@ -310,9 +310,15 @@ impl Stack {
     /// Starts NATS, Redis and a database; writes `spider` (a spider file's text with
     /// `{crawl}` standing for the crawl's name).
     pub async fn start(bins: &Bins, spider: &str) -> Result<Stack> {
+        // JETCRAWL_BENCH_KEEP=1 keeps the spider file and every process's log.
+        let keep = std::env::var_os("JETCRAWL_BENCH_KEEP").is_some();
         let dir = tempfile::Builder::new()
             .prefix("jetcrawl-bench-")
+            .disable_cleanup(keep)
             .tempdir()?;
+        if keep {
+            eprintln!("run dir (kept): {}", dir.path().display());
+        }
         let (nats, redis, db) = tokio::join!(
             NatsServer::start(),
             RedisServer::start(),

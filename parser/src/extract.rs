@@ -1,5 +1,9 @@
 //! Pure page parsing: extraction rules to items, anchors to in-scope canonical links.
 
+use std::borrow::Borrow;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+
 use scraper::{ElementRef, Html, Selector};
 use serde_json::Value;
 use url::Url;
@@ -14,6 +18,9 @@ use crate::error::ParseError;
 /// URLs near the same length).
 pub const MAX_URL_LEN: usize = 2048;
 
+/// Links whose verdict [`LinkMemo`] keeps; cleared when full.
+const LINK_MEMO_CAPACITY: usize = 16_384;
+
 /// Extraction rules with their selectors compiled once.
 #[derive(Debug)]
 pub struct Rules {
@@ -22,6 +29,53 @@ pub struct Rules {
     links: Selector,
     base: Selector,
     scope: Vec<String>,
+    memo: LinkMemo,
+}
+
+/// What [`Rules::follow`] decided for links that recur on page after page (a site's
+/// navigation, footer, category menus): most of a page's anchors, and each one costs
+/// two URL parses to canonicalize. Only links whose verdict depends on nothing but
+/// the base URL's origin are kept (absolute and root-relative ones), keyed by a 128-bit
+/// hash of origin, page host and href.
+#[derive(Debug, Default)]
+struct LinkMemo {
+    verdicts: Mutex<HashMap<u128, Option<Url>>>,
+}
+
+impl LinkMemo {
+    /// The memo key for `href` on a page with `base`, if the verdict can be reused.
+    fn key(href: &str, base: &Url, page_host: Option<&str>) -> Option<u128> {
+        let h = href.as_bytes();
+        let root_relative = h.first() == Some(&b'/') && h.get(1) != Some(&b'/');
+        let absolute = h.len() > 7
+            && (h[..7].eq_ignore_ascii_case(b"http://")
+                || h[..8].eq_ignore_ascii_case(b"https://"));
+        if !(root_relative || absolute) {
+            return None;
+        }
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        hasher.update(base.scheme().as_bytes());
+        hasher.update(b"\0");
+        hasher.update(base.host_str().unwrap_or_default().as_bytes());
+        hasher.update(&base.port().unwrap_or(0).to_le_bytes());
+        hasher.update(page_host.unwrap_or_default().as_bytes());
+        hasher.update(b"\0");
+        hasher.update(h);
+        Some(hasher.digest128())
+    }
+
+    fn get(&self, key: u128) -> Option<Option<Url>> {
+        self.verdicts.lock().ok()?.get(&key).cloned()
+    }
+
+    fn put(&self, key: u128, verdict: Option<Url>) {
+        if let Ok(mut map) = self.verdicts.lock() {
+            if map.len() >= LINK_MEMO_CAPACITY {
+                map.clear();
+            }
+            map.insert(key, verdict);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -100,12 +154,35 @@ impl Rules {
             items,
             links: fixed("a[href], area[href]")?,
             base: fixed("base[href]")?,
+            memo: LinkMemo::default(),
         })
     }
 
     /// The spider these rules come from.
     pub fn spider(&self) -> &CompiledSpider {
         &self.spider
+    }
+
+    /// [`Rules::parse`] on tokio's blocking pool, at most one page per core at a time.
+    /// Parsing is CPU work: more pages at once than cores only adds threads, and each
+    /// thread's allocator cache holds DOM-sized blocks (16 parse threads took the
+    /// parser's RSS past 100 MB in the benchmark; one per core keeps it near 30 MB).
+    pub async fn parse_off_runtime<P>(
+        self: &Arc<Self>,
+        page: P,
+    ) -> Result<Extracted, tokio::task::JoinError>
+    where
+        P: Borrow<Page> + Send + 'static,
+    {
+        static CORES: OnceLock<Arc<tokio::sync::Semaphore>> = OnceLock::new();
+        let cores = CORES.get_or_init(|| {
+            let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+            Arc::new(tokio::sync::Semaphore::new(n))
+        });
+        // The semaphore is never closed, so acquiring cannot fail.
+        let _permit = cores.clone().acquire_owned().await.ok();
+        let rules = Arc::clone(self);
+        tokio::task::spawn_blocking(move || rules.parse(page.borrow())).await
     }
 
     /// Items and links of a page. Only 2xx HTML pages yield anything.
@@ -174,14 +251,34 @@ impl Rules {
     }
 
     fn links(&self, doc: &Html, base: &Url, page_url: &Url) -> Vec<Url> {
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         let mut out = Vec::new();
+        // The page's host matters to scope only when allowed_domains is empty.
+        let page_host = self
+            .spider
+            .spider
+            .allowed_domains
+            .is_empty()
+            .then(|| page_url.host_str())
+            .flatten();
         for el in doc.select(&self.links) {
             let Some(href) = el.value().attr("href") else {
                 continue;
             };
-            if let Some(url) = self.follow(href, Some(base), page_url) {
-                if seen.insert(url.as_str().to_string()) {
+            let href = href.trim();
+            let key = LinkMemo::key(href, base, page_host);
+            let verdict = match key.and_then(|k| self.memo.get(k)) {
+                Some(verdict) => verdict,
+                None => {
+                    let verdict = self.follow(href, Some(base), page_url);
+                    if let Some(k) = key {
+                        self.memo.put(k, verdict.clone());
+                    }
+                    verdict
+                }
+            };
+            if let Some(url) = verdict {
+                if seen.insert(xxhash_rust::xxh3::xxh3_64(url.as_str().as_bytes())) {
                     out.push(url);
                 }
             }
@@ -356,6 +453,51 @@ missing = "span.nope"
         <a href="https://elsewhere.test/">offsite</a>
         <a href="mailto:x@y.z">mail</a><a href="javascript:void(0)">js</a><a>no href</a>
         </body></html>"#;
+
+    #[test]
+    fn remembered_links_resolve_against_each_page() {
+        // No allowed_domains: scope is the seeds' hosts plus the page's own host, so
+        // the memo must not carry one page's verdict to another host's page.
+        let spider = CompiledSpider::from_toml(
+            "name = \"t\"\nstart_urls = [\"http://a.test/\"]\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let rules = Rules::new(&spider).unwrap();
+        let nav = r#"<a href="/shop/">shop</a><a href="http://a.test/about">a</a>
+            <a href="HTTP://b.test/x#frag">b</a><a href="rel/page">rel</a>"#;
+        // Three passes over the same page: the first computes, the others recall.
+        let links = |url: &str| -> Vec<String> {
+            let passes: Vec<Vec<String>> = (0..3)
+                .map(|_| {
+                    let links = rules.parse(&page(url, 0, nav)).links;
+                    links.into_iter().map(String::from).collect()
+                })
+                .collect();
+            assert!(passes.iter().all(|p| *p == passes[0]), "{passes:?}");
+            passes[0].clone()
+        };
+        let a = links("http://a.test/dir/p1");
+        let b = links("https://b.test/other/p2");
+        assert_eq!(
+            a,
+            [
+                "http://a.test/shop/",
+                "http://a.test/about",
+                "http://a.test/dir/rel/page"
+            ]
+        );
+        assert_eq!(
+            b,
+            [
+                "https://b.test/shop/",
+                "http://a.test/about",
+                "http://b.test/x",
+                "https://b.test/other/rel/page"
+            ]
+        );
+        assert_eq!(links("http://a.test/dir/p1"), a);
+    }
 
     #[test]
     fn extracts_fields_by_rule() {

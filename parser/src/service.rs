@@ -195,9 +195,8 @@ async fn handle_page(ctx: Arc<Ctx>, msg: jetstream::Message) {
     async {
         let depth = page.depth;
         let redirect_target = ctx.rules.redirect_target(&page);
-        let rules = ctx.rules.clone();
         // Parsing is CPU work: keep it off the async workers.
-        let extracted = match tokio::task::spawn_blocking(move || rules.parse(&page)).await {
+        let extracted = match ctx.rules.parse_off_runtime(page).await {
             Ok(x) => x,
             Err(e) => {
                 let reason = format!("parser failed on this page: {e}");

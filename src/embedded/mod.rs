@@ -275,18 +275,16 @@ async fn parse_pages(mut stage: ParseStage) {
             let depth = page.depth;
             let url = page.url.clone();
             let also_seen: Vec<u64> = rules.redirect_target(&page).into_iter().collect();
-            let parse_rules = rules.clone();
-            let extracted =
-                match tokio::task::spawn_blocking(move || parse_rules.parse(&page)).await {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::error!(url = %url, error = %e, "parser failed on this page");
-                        stats.error();
-                        drop(permit);
-                        let _ = events.send(Event::Dropped).await;
-                        return;
-                    }
-                };
+            let extracted = match rules.parse_off_runtime(page).await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::error!(url = %url, error = %e, "parser failed on this page");
+                    stats.error();
+                    drop(permit);
+                    let _ = events.send(Event::Dropped).await;
+                    return;
+                }
+            };
             drop(permit);
             metrics.pages_parsed.inc();
             metrics.items_extracted.inc_by(extracted.items.len() as u64);

@@ -346,10 +346,12 @@ async fn distributed(bins: &Bins, a: &CrawlArgs) -> Result<()> {
 
 fn crawl_line(r: &CrawlRun) -> String {
     let mut s = format!(
-        "{:.0} pages, {} items in {:.2} s: {:.0} pages/s, {:.0} items/s; CPU-s/1000 pages:",
+        "{:.0} pages, {} items in {:.2} s (all fetched at {:.2} s): {:.0} pages/s, {:.0} items/s; \
+         CPU-s/1000 pages:",
         r.pages,
         r.items,
         r.secs,
+        r.fetch_secs,
         r.pages_per_sec(),
         r.items as f64 / r.secs
     );
