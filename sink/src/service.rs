@@ -1,6 +1,8 @@
 //! The sink service: pull items, batch by size or time, one transaction a batch,
-//! ack after commit. A database outage holds the batch (and so the pull) and retries;
-//! the ITEMS stream is the buffer.
+//! ack after commit. Two batches are written at once, so the next one is decoded and
+//! sent while the database commits the last (rows are written in key order, so two
+//! batches cannot deadlock on each other). A database outage holds the batches (and
+//! so the pull) and retries; the ITEMS stream is the buffer.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,7 +51,7 @@ pub async fn run(cfg: SinkConfig, shutdown: CancellationToken) -> Result<(), Sin
         store_timeout: (cfg.spider.spider.streams.ack_wait() / 2).max(Duration::from_secs(10)),
         shutdown: shutdown.clone(),
     };
-    let batching = tokio::spawn(batcher.run(rx));
+    let batching = tokio::spawn(Arc::new(batcher).run(rx));
     let opts = ConsumeOptions {
         role: Role::Sink,
         max_in_flight: batch_size,
@@ -114,8 +116,14 @@ struct Batcher {
     shutdown: CancellationToken,
 }
 
+/// Batches being written at once: one committing while the next is sent is what
+/// hides the round trips; more only queue on the same table.
+const WRITERS: usize = 2;
+
 impl Batcher {
-    async fn run(self, mut rx: mpsc::Receiver<jetstream::Message>) {
+    async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<jetstream::Message>) {
+        let writers = Arc::new(tokio::sync::Semaphore::new(WRITERS));
+        let mut writing = tokio::task::JoinSet::new();
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
             let deadline = tokio::time::Instant::now() + self.batch_timeout;
@@ -128,8 +136,17 @@ impl Batcher {
                     _ = tokio::time::sleep_until(deadline) => break,
                 }
             }
-            self.write(batch).await;
+            let Ok(permit) = writers.clone().acquire_owned().await else {
+                break; // never closed
+            };
+            let this = Arc::clone(&self);
+            writing.spawn(async move {
+                this.write(batch).await;
+                drop(permit);
+            });
+            while writing.try_join_next().is_some() {}
         }
+        while writing.join_next().await.is_some() {}
     }
 
     /// Decode, store (retrying while the database is away), then ack every message.

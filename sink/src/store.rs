@@ -228,6 +228,15 @@ fn strip_nul(value: &mut serde_json::Value) {
 /// One row per (crawl, item_id), the newest fetch winning: PostgreSQL refuses to update
 /// a row twice in one statement.
 fn dedupe_last(items: &[Item]) -> Vec<&Item> {
+    let mut out = newest_of_each(items);
+    // Key order: concurrent batches then lock rows in the same order and cannot
+    // deadlock on each other.
+    out.sort_unstable_by(|a, b| (&a.crawl, &a.item_id).cmp(&(&b.crawl, &b.item_id)));
+    out
+}
+
+/// One item per (crawl, item_id): the newest fetch (the later message on a tie).
+fn newest_of_each(items: &[Item]) -> Vec<&Item> {
     let mut index: std::collections::HashMap<(&str, &str), usize> =
         std::collections::HashMap::with_capacity(items.len());
     let mut out: Vec<&Item> = Vec::with_capacity(items.len());
