@@ -59,9 +59,9 @@ impl Proc {
     pub fn spawn(name: &str, bin: &Path, args: &[String], dir: &Path) -> Result<Proc> {
         let log = dir.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).context("create log")?;
+        // Stages log at their default level (info), as an operator runs them.
         let child = Command::new(bin)
             .args(args)
-            .env("RUST_LOG", "warn")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::from(file.try_clone()?))

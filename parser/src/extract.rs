@@ -190,7 +190,11 @@ impl Rules {
         if !page.is_parseable_html() {
             return Extracted::default();
         }
-        let text = String::from_utf8_lossy(&page.body);
+        // The fetcher hands over UTF-8; validating is faster than the lossy path.
+        let text = match std::str::from_utf8(&page.body) {
+            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Err(_) => String::from_utf8_lossy(&page.body),
+        };
         let doc = Html::parse_document(&text);
         let page_url = canon::canonicalize(&page.final_url, &self.spider.query_filter)
             .unwrap_or_else(|_| page.final_url.clone());
