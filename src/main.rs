@@ -19,6 +19,18 @@ use jetcrawl_shared::{shutdown, telemetry};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_purge_delay` (the same index in mimalloc 2 and 3).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Return freed memory to the OS at once. With mimalloc's default delay, pages freed
+/// by threads that then go idle (the blocking pool's parse threads) were never purged:
+/// the parser's RSS climbed from 50 to 95 MB over a 200,000-page crawl; with no delay
+/// it stays flat near 33 MB, for no measurable CPU.
+fn tune_allocator() {
+    // SAFETY: sets a process-wide option; mimalloc reads it on each purge decision.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+}
+
 #[derive(Parser)]
 #[command(
     name = "jetcrawl",
@@ -102,8 +114,15 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    tune_allocator();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     telemetry::init_tracing();
     let cli = Cli::parse();
     let stop = shutdown::on_signals();
