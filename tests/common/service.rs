@@ -206,33 +206,14 @@ impl Service {
 
     /// GET `path` from the service's metrics endpoint: (status code, body).
     pub async fn http_get(&self, path: &str) -> (u16, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr = self.metrics_addr().unwrap_or_else(|| {
             panic!(
                 "no `metrics listening` line in {}",
                 self.state().log.display()
             )
         });
-        let mut conn = tokio::net::TcpStream::connect(addr)
+        jetcrawl_bench::stack::http_get(addr, path)
             .await
-            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-        conn.write_all(request.as_bytes())
-            .await
-            .expect("send request");
-        let mut response = String::new();
-        conn.read_to_string(&mut response)
-            .await
-            .expect("read response");
-        let status = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
+            .unwrap_or_else(|e| panic!("GET {path} from {addr}: {e}"))
     }
 }

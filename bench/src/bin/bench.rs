@@ -251,6 +251,9 @@ async fn crawl_once(bins: &Bins, a: &CrawlArgs, slow_us_per_row: u64) -> Result<
             run.pages = pages;
             break;
         }
+        if pages > expect_pages {
+            bail!("{pages} pages fetched, the site has {expect_pages}: a page was fetched twice");
+        }
         if started.elapsed() > timeout {
             bail!("crawl not done after {timeout:?}: {pages} pages fetched, {items} items");
         }
@@ -261,6 +264,12 @@ async fn crawl_once(bins: &Bins, a: &CrawlArgs, slow_us_per_row: u64) -> Result<
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let cpu_after = cpu_snapshot(&stack, &stages, &site.proc);
+    // Every page exactly once: a late duplicate fetch would show up here.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let settled = fetched(&stages).await?;
+    if settled != expect_pages {
+        bail!("{settled} pages fetched, the site has {expect_pages}");
+    }
     for (kind, after) in &cpu_after {
         let before = cpu_before.get(kind).copied().unwrap_or_default();
         run.cpu.insert(kind, after - before);
