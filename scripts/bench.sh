@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 source scripts/deps.sh
 ensure_deps
 
-cargo build --release --locked --bin jetcrawl -p jetcrawl-bench --bins
+cargo build --release --locked -p jetcrawl -p jetcrawl-bench --bins
 if [ $# -gt 0 ]; then
     exec target/release/bench "$@"
 fi

@@ -38,7 +38,7 @@ ensure_deps() {
   # PostgreSQL on 127.0.0.1:5432, trust auth, user postgres.
   if ! pg_isready -q -h 127.0.0.1 -p 5432; then
     log "starting PostgreSQL"
-    ver=$(ls /etc/postgresql 2>/dev/null | sort -n | tail -1)
+    ver=$(ls /etc/postgresql 2>/dev/null | sort -n | tail -1 || true)
     if [ -z "$ver" ]; then
       ver=$(ls /usr/lib/postgresql | sort -n | tail -1)
       as_root pg_createcluster "$ver" main >/dev/null

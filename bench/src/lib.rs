@@ -1,7 +1,8 @@
 //! jetcrawl benchmarks and the servers the tests share, run as release binaries
 //! (`scripts/bench.sh`, or `cargo run --release -p jetcrawl-bench --bin <name>`).
 //!
-//! Layout: `servers` (throwaway nats-server and redis-server on free loopback ports;
+//! Layout: `crawl_state` (is a crawl finished: FRONTIER empty, nothing pending or
+//! unacked) · `servers` (throwaway nats-server and redis-server on free loopback ports;
 //! the integration tests use them too) · `demo_site` (the deterministic e-commerce
 //! site crawled by the benchmarks; `bin/demo-site` serves it) · `procs` (CPU time and
 //! memory of processes, from /proc) · `stack` (one benchmark run: servers, a fresh
@@ -9,6 +10,7 @@
 //! backpressure and memory scenarios) · `bin/dupefilter` (bytes per URL and check+add
 //! throughput of the Redis dupefilter).
 
+pub mod crawl_state;
 pub mod demo_site;
 pub mod procs;
 pub mod servers;

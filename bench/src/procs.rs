@@ -1,15 +1,23 @@
 //! CPU time and memory of running processes, read from `/proc` (Linux).
 //!
-//! CPU is user + system time in clock ticks (`/proc/<pid>/stat` fields 14 and 15),
-//! converted at the kernel's fixed `USER_HZ` of 100. Peak memory is `VmHWM`, the
-//! resident-set high-water mark the kernel keeps for the process's whole life.
+//! CPU is user + system time, the process's own and its waited-for children's, in
+//! clock ticks (`/proc/<pid>/stat` fields 14–17: utime, stime, cutime, cstime),
+//! converted at `sysconf(_SC_CLK_TCK)`. Peak memory is `VmHWM`, the resident-set
+//! high-water mark the kernel keeps for the process's whole life.
 
 use std::path::Path;
 use std::time::Duration;
 
-/// Linux reports `/proc/<pid>/stat` times in `USER_HZ` ticks, 100 a second on every
-/// architecture Linux supports (it is ABI, not the kernel's HZ).
-const TICKS_PER_SEC: f64 = 100.0;
+/// Clock ticks a second in `/proc/<pid>/stat` (USER_HZ; 100 on Linux).
+fn ticks_per_sec() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 {
+        hz as f64
+    } else {
+        100.0
+    }
+}
 
 /// A process's CPU time so far: user + system, and its waited-for children's.
 pub fn cpu_time(pid: u32) -> Option<Duration> {
@@ -19,7 +27,7 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     let ticks: u64 = (11..15)
         .map(|i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
         .sum::<Option<u64>>()?;
-    Some(Duration::from_secs_f64(ticks as f64 / TICKS_PER_SEC))
+    Some(Duration::from_secs_f64(ticks as f64 / ticks_per_sec()))
 }
 
 /// The fields of `/proc/<pid>/stat` after the `(comm)` field, from `state` on.
@@ -49,6 +57,7 @@ fn status_kib(pid: u32, key: &str) -> Option<u64> {
 /// Total CPU time of every process whose command name is `comm` (e.g. all of
 /// PostgreSQL's: postmaster, backends, background workers; exited backends are in the
 /// postmaster's children's time). Compare two readings for the time spent between them.
+/// On a shared server this counts every database's work, not only the benchmark's.
 pub fn cpu_time_of_all(comm: &str) -> Duration {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Duration::ZERO;

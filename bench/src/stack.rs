@@ -34,7 +34,7 @@ impl Bins {
         for bin in [&jetcrawl, &demo_site] {
             if !bin.is_file() {
                 bail!(
-                    "{} not built; run `cargo build --release --bins` (scripts/bench.sh does)",
+                    "{} not built; run `cargo build --release -p jetcrawl -p jetcrawl-bench --bins` (scripts/bench.sh does)",
                     bin.display()
                 );
             }
@@ -50,6 +50,8 @@ impl Bins {
 pub struct Proc {
     pub name: String,
     child: Child,
+    /// Waited for by `wait4`: std's `Child` does not know, so Drop must not touch it.
+    reaped: bool,
     log: PathBuf,
     /// Where its `/metrics` listens (stages only).
     pub metrics: Option<SocketAddr>,
@@ -71,6 +73,7 @@ impl Proc {
         Ok(Proc {
             name: name.to_string(),
             child,
+            reaped: false,
             log,
             metrics: None,
         })
@@ -165,7 +168,7 @@ impl Proc {
 
     /// Waits for the process to exit by itself; its resource usage (exact CPU and
     /// peak RSS from the kernel's accounting) comes with it.
-    pub fn wait_with_usage(self) -> Result<(std::process::ExitStatus, Usage)> {
+    pub fn wait_with_usage(mut self) -> Result<(std::process::ExitStatus, Usage)> {
         let pid = self.child.id() as libc::pid_t;
         let mut status: libc::c_int = 0;
         // SAFETY: a zeroed rusage is a valid value to pass for the kernel to fill.
@@ -176,8 +179,7 @@ impl Proc {
         if rc != pid {
             bail!("wait4({pid}): {}", std::io::Error::last_os_error());
         }
-        // std must not kill or wait for a reaped pid on drop (it does neither: Child's
-        // Drop is a no-op), so forgetting nothing is needed.
+        self.reaped = true;
         use std::os::unix::process::ExitStatusExt;
         let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
         Ok((
@@ -196,6 +198,10 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // A reaped pid may already belong to another process: leave it alone.
+        if self.reaped {
+            return;
+        }
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();
@@ -229,7 +235,8 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     Ok((status, body))
 }
 
-/// A fresh database on the machine's PostgreSQL (`$JETCRAWL_BENCH_PG`, default
+/// A fresh database on the machine's PostgreSQL (`$JETCRAWL_BENCH_PG`, else
+/// `$JETCRAWL_TEST_PG`, default
 /// `postgres://postgres@127.0.0.1:5432/postgres`), dropped by [`Database::drop_now`].
 pub struct Database {
     admin_url: String,
@@ -240,8 +247,9 @@ pub struct Database {
 
 impl Database {
     pub async fn create() -> Result<Database> {
-        let admin_url =
-            std::env::var("JETCRAWL_BENCH_PG").unwrap_or_else(|_| DEFAULT_PG.to_string());
+        let admin_url = std::env::var("JETCRAWL_BENCH_PG")
+            .or_else(|_| std::env::var("JETCRAWL_TEST_PG"))
+            .unwrap_or_else(|_| DEFAULT_PG.to_string());
         let name = format!("jetcrawl_bench_{:012x}", rand::random::<u64>() >> 16);
         let mut admin = PgConnection::connect(&admin_url)
             .await
@@ -405,6 +413,21 @@ pub struct SiteProc {
 }
 
 impl SiteProc {
+    /// The site's request counts (`/_bench/hits`).
+    pub async fn hits(&self) -> Result<crate::demo_site::Hits> {
+        let addr: SocketAddr = self
+            .base
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .context("demo site address")?;
+        let (status, body) = http_get(addr, "/_bench/hits").await?;
+        if status != 200 {
+            bail!("demo site /_bench/hits answered {status}");
+        }
+        crate::demo_site::Hits::parse(&body).context("demo site hits: unreadable")
+    }
+
     pub async fn start(bins: &Bins, pages: usize, dir: &Path) -> Result<SiteProc> {
         let args = vec![
             "--pages".to_string(),

@@ -53,11 +53,14 @@ impl LinkMemo {
         if !(root_relative || absolute) {
             return None;
         }
+        // Every part is delimited, and "no port" differs from any port, so two
+        // different (origin, page host, href) never feed the hash the same bytes.
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         hasher.update(base.scheme().as_bytes());
         hasher.update(b"\0");
         hasher.update(base.host_str().unwrap_or_default().as_bytes());
-        hasher.update(&base.port().unwrap_or(0).to_le_bytes());
+        hasher.update(b"\0");
+        hasher.update(&base.port().map_or(u32::MAX, u32::from).to_le_bytes());
         hasher.update(page_host.unwrap_or_default().as_bytes());
         hasher.update(b"\0");
         hasher.update(h);

@@ -4,6 +4,7 @@
 //! batches cannot deadlock on each other). A database outage holds the batches (and
 //! so the pull) and retries; the ITEMS stream is the buffer.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -120,10 +121,40 @@ struct Batcher {
 /// hides the round trips; more only queue on the same table.
 const WRITERS: usize = 2;
 
+/// A hash of an item's row key, for telling whether two batches share a row.
+fn item_key(item: &Item) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(item.crawl.as_bytes());
+    h.update(b"\0");
+    h.update(item.item_id.as_bytes());
+    h.digest()
+}
+
+/// Forget a finished write's keys; a writer that panicked is logged (its messages,
+/// unacked, come back after ack_wait).
+fn settled(
+    done: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+    in_flight: &mut HashMap<tokio::task::Id, HashSet<u64>>,
+) {
+    match done {
+        Ok((id, ())) => {
+            in_flight.remove(&id);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "batch writer failed");
+            in_flight.remove(&e.id());
+        }
+    }
+}
+
 impl Batcher {
     async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<jetstream::Message>) {
         let writers = Arc::new(tokio::sync::Semaphore::new(WRITERS));
         let mut writing = tokio::task::JoinSet::new();
+        // The item keys of each batch being written. A batch sharing a key with one in
+        // flight waits for it: two versions of an item with the same fetch time (a
+        // replay) must be committed in the order they arrived.
+        let mut in_flight: HashMap<tokio::task::Id, HashSet<u64>> = HashMap::new();
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
             let deadline = tokio::time::Instant::now() + self.batch_timeout;
@@ -136,21 +167,36 @@ impl Batcher {
                     _ = tokio::time::sleep_until(deadline) => break,
                 }
             }
+            let (msgs, items) = self.decode(batch).await;
+            if items.is_empty() {
+                continue;
+            }
+            let keys: HashSet<u64> = items.iter().map(item_key).collect();
+            while let Some(done) = writing.try_join_next_with_id() {
+                settled(done, &mut in_flight);
+            }
+            if in_flight.values().any(|k| !k.is_disjoint(&keys)) {
+                while let Some(done) = writing.join_next_with_id().await {
+                    settled(done, &mut in_flight);
+                }
+            }
             let Ok(permit) = writers.clone().acquire_owned().await else {
                 break; // never closed
             };
             let this = Arc::clone(&self);
-            writing.spawn(async move {
-                this.write(batch).await;
+            let task = writing.spawn(async move {
+                this.write(msgs, items).await;
                 drop(permit);
             });
-            while writing.try_join_next().is_some() {}
+            in_flight.insert(task.id(), keys);
         }
-        while writing.join_next().await.is_some() {}
+        while let Some(done) = writing.join_next_with_id().await {
+            settled(done, &mut in_flight);
+        }
     }
 
-    /// Decode, store (retrying while the database is away), then ack every message.
-    async fn write(&self, batch: Vec<jetstream::Message>) {
+    /// Decode a batch; what is not an item is dead-lettered here.
+    async fn decode(&self, batch: Vec<jetstream::Message>) -> (Vec<jetstream::Message>, Vec<Item>) {
         let mut msgs = Vec::with_capacity(batch.len());
         let mut items = Vec::with_capacity(batch.len());
         for msg in batch {
@@ -165,28 +211,35 @@ impl Batcher {
                 }
             }
         }
-        if items.is_empty() {
-            return;
+        (msgs, items)
+    }
+
+    /// One store call, bounded and interruptible: a statement stuck on a lock or a
+    /// connection to a vanished host must neither hang the sink nor its shutdown.
+    /// `None` when shutdown came first.
+    async fn store_bounded(&self, items: &[Item]) -> Option<Result<(), SinkError>> {
+        tokio::select! {
+            r = tokio::time::timeout(self.store_timeout, self.store.store(items)) => Some(match r {
+                Ok(r) => r,
+                Err(_) => Err(SinkError::Database {
+                    code: None,
+                    message: format!("no answer within {:?}", self.store_timeout),
+                    retryable: true,
+                }),
+            }),
+            _ = self.shutdown.cancelled() => None,
         }
+    }
+
+    /// Store (retrying while the database is away), then ack every message.
+    async fn write(&self, msgs: Vec<jetstream::Message>, items: Vec<Item>) {
         let mut delay = Duration::from_millis(250);
         let mut last_progress = Instant::now();
         loop {
             let started = Instant::now();
-            // Bounded, and interruptible: a statement stuck on a lock or a connection to
-            // a vanished host must neither hang the sink nor its shutdown.
-            let stored = tokio::select! {
-                r = tokio::time::timeout(self.store_timeout, self.store.store(&items)) => match r {
-                    Ok(r) => r,
-                    Err(_) => Err(SinkError::Database {
-                        code: None,
-                        message: format!("no answer within {:?}", self.store_timeout),
-                        retryable: true,
-                    }),
-                },
-                _ = self.shutdown.cancelled() => {
-                    futures::future::join_all(msgs.iter().map(|m| ack(m, AckKind::Nak(None)))).await;
-                    return;
-                }
+            let Some(stored) = self.store_bounded(&items).await else {
+                futures::future::join_all(msgs.iter().map(|m| ack(m, AckKind::Nak(None)))).await;
+                return;
             };
             match stored {
                 Ok(()) => {
@@ -226,8 +279,18 @@ impl Batcher {
     }
 
     async fn write_each(&self, msgs: Vec<jetstream::Message>, items: Vec<Item>) {
-        for (msg, item) in msgs.into_iter().zip(items) {
-            match self.store.store(std::slice::from_ref(&item)).await {
+        let mut rest = msgs.into_iter().zip(items);
+        while let Some((msg, item)) = rest.next() {
+            let Some(stored) = self.store_bounded(std::slice::from_ref(&item)).await else {
+                // Shutdown: this and every item after it go back to the stream.
+                ack(&msg, AckKind::Nak(None)).await;
+                futures::future::join_all(rest.map(|(m, _)| async move {
+                    ack(&m, AckKind::Nak(None)).await;
+                }))
+                .await;
+                return;
+            };
+            match stored {
                 Ok(()) => {
                     self.metrics.items_stored.inc();
                     ack(&msg, AckKind::Ack).await;

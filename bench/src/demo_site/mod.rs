@@ -9,9 +9,14 @@
 //!
 //! Pages are generated per request from precomputed boilerplate, a splitmix64 hash of the
 //! id and small word lists: same URL, same bytes; no locks, no templates, no regex.
+//!
+//! The site counts the requests each page gets (atomics, one per page); `GET
+//! /_bench/hits` (linked from nowhere) reports them, so a benchmark can check that a
+//! crawl fetched every page exactly once.
 
 use std::fmt::{self, Write as _};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -96,6 +101,44 @@ pub struct DemoSite {
     top: String,
     /// From `</main>` through the footer links and the script to `</html>`.
     bottom: String,
+    /// Requests per crawlable page: home, then products by id, then listings.
+    hits: Vec<AtomicU32>,
+    /// Where each category's listings start in `hits`.
+    listing_offsets: Vec<usize>,
+    /// Requests for anything else (robots.txt, sitemap, cart, 404s).
+    other_hits: AtomicU64,
+}
+
+/// What `/_bench/hits` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Hits {
+    /// Crawlable pages requested at least once.
+    pub pages: u64,
+    /// Crawlable pages requested more than once.
+    pub repeated: u64,
+    /// Requests for crawlable pages, in all.
+    pub requests: u64,
+    /// Requests for anything else.
+    pub other: u64,
+}
+
+impl Hits {
+    /// Parses the `/_bench/hits` body (`key value` lines).
+    pub fn parse(text: &str) -> Option<Hits> {
+        let mut hits = Hits::default();
+        for line in text.lines() {
+            let (key, value) = line.split_once(' ')?;
+            let value: u64 = value.trim().parse().ok()?;
+            match key {
+                "pages" => hits.pages = value,
+                "repeated" => hits.repeated = value,
+                "requests" => hits.requests = value,
+                "other" => hits.other = value,
+                _ => {}
+            }
+        }
+        Some(hits)
+    }
 }
 
 impl DemoSite {
@@ -112,9 +155,18 @@ impl DemoSite {
             names: names.collect(),
             top: String::new(),
             bottom: String::new(),
+            hits: Vec::new(),
+            listing_offsets: Vec::new(),
+            other_hits: AtomicU64::new(0),
         };
         site.top = site.render_top();
         site.bottom = site.render_bottom();
+        let mut offset = 1 + pages;
+        for c in 0..categories {
+            site.listing_offsets.push(offset);
+            offset += site.listing_pages(c);
+        }
+        site.hits = (0..offset).map(|_| AtomicU32::new(0)).collect();
         site
     }
 
@@ -150,8 +202,39 @@ impl DemoSite {
         self.listing_pages(c).div_ceil(2)
     }
 
+    /// Request counts so far.
+    pub fn hits(&self) -> Hits {
+        let mut hits = Hits {
+            other: self.other_hits.load(Ordering::Relaxed),
+            ..Hits::default()
+        };
+        for n in &self.hits {
+            let n = u64::from(n.load(Ordering::Relaxed));
+            hits.pages += u64::from(n > 0);
+            hits.repeated += u64::from(n > 1);
+            hits.requests += n;
+        }
+        hits
+    }
+
+    fn count(&self, page: Option<usize>) {
+        if let Some(n) = page.and_then(|i| self.hits.get(i)) {
+            n.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.other_hits.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// The reply to a GET of `path` (query already dropped); `host` spells absolute links.
     fn respond(&self, path: &str, host: &str) -> Reply {
+        if path == "/_bench/hits" {
+            let h = self.hits();
+            let body = format!(
+                "pages {}\nrepeated {}\nrequests {}\nother {}\n",
+                h.pages, h.repeated, h.requests, h.other
+            );
+            return (StatusCode::OK, "text/plain; charset=utf-8", body);
+        }
         let path = path
             .strip_suffix('/')
             .filter(|p| !p.is_empty())
@@ -162,6 +245,14 @@ impl DemoSite {
             .and_then(|rest| rest.split_once("/page/"))
             .and_then(|(c, n)| Some((number(c)?, number(n)?)))
             .filter(|&(c, n)| c < self.categories && (1..=self.listing_pages(c)).contains(&n));
+        let page = if path == "/" {
+            Some(0)
+        } else if let Some(id) = id("/product/") {
+            Some(1 + id)
+        } else {
+            listing.map(|(c, n)| self.listing_offsets[c] + n - 1)
+        };
+        self.count(page);
         let (content_type, body) = if path == "/" {
             (HTML, self.home())
         } else if let Some(id) = id("/product/") {

@@ -143,3 +143,44 @@ async fn serves_http_with_links_spelt_by_the_host_header() {
     assert!(response.contains("href=\"http://shop.test:81/product/"));
     assert!(response.ends_with("</html>\n"));
 }
+
+#[test]
+fn hits_count_each_page_and_spelling_once_per_request() {
+    let site = DemoSite::new(2500);
+    let total = site.crawlable_pages() as u64;
+    for path in [
+        "/",
+        "/product/7",
+        "/product/7/",
+        "/category/1/page/3",
+        "/robots.txt",
+    ] {
+        site.respond(path, HOST);
+    }
+    site.respond("/no/such/page", HOST);
+    let hits = site.hits();
+    assert_eq!(
+        hits,
+        Hits {
+            pages: 3,
+            repeated: 1,
+            requests: 4,
+            other: 2
+        }
+    );
+    let (status, _, body) = site.respond("/_bench/hits", HOST);
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(Hits::parse(&body), Some(hits));
+    // Every listing page has its own counter: visiting them all counts each once.
+    for c in 0..site.categories {
+        for n in 1..=site.listing_pages(c) {
+            site.respond(&format!("/category/{c}/page/{n}"), HOST);
+        }
+    }
+    for id in 0..site.products() {
+        site.respond(&format!("/product/{id}"), HOST);
+    }
+    let all = site.hits();
+    assert_eq!(all.pages, total);
+    assert_eq!(all.repeated, 2, "product 7 and listing 1/3 twice");
+}

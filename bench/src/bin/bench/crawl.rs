@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use jetcrawl_bench::crawl_state::crawl_idle_now;
 use jetcrawl_bench::demo_site::DemoSite;
 use jetcrawl_bench::procs;
 use jetcrawl_bench::stack::{Bins, Proc, SiteProc, Stack};
@@ -113,11 +114,20 @@ async fn crawl_once(bins: &Bins, a: &CrawlArgs, slow_us_per_row: u64) -> Result<
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let cpu_after = cpu_snapshot(&stack, &stages, &site.proc);
-    // Every page exactly once: a late duplicate fetch would show up here.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let settled = fetched(&stages).await?;
-    if settled != expect_pages {
-        bail!("{settled} pages fetched, the site has {expect_pages}");
+    // Every page exactly once, counted by the site itself, once the crawl is idle
+    // (nothing left in FRONTIER, nothing pending or unacked on any consumer).
+    let js = async_nats::jetstream::new(async_nats::connect(stack.nats.url()).await?);
+    let idle_by = Instant::now() + Duration::from_secs(30);
+    while let Err(busy) = crawl_idle_now(&js, &stack.crawl).await {
+        if Instant::now() > idle_by {
+            bail!("crawl not idle 30 s after its last item: {busy}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let hits = site.hits().await?;
+    let expect = expect_pages as u64;
+    if hits.pages != expect || hits.repeated != 0 || hits.requests != expect {
+        bail!("the site has {expect} pages; it served {hits:?}");
     }
     for (kind, after) in &cpu_after {
         let before = cpu_before.get(kind).copied().unwrap_or_default();

@@ -38,7 +38,19 @@ pub(crate) async fn embedded(bins: &Bins, a: &CrawlArgs) -> Result<()> {
         ];
         let proc = Proc::spawn("crawl", &bins.jetcrawl, &args, tmp.path())?;
         let log = proc.log().to_path_buf();
-        let (status, usage) = tokio::task::spawn_blocking(move || proc.wait_with_usage()).await??;
+        let pid = proc.pid();
+        let waited = tokio::time::timeout(
+            Duration::from_secs(a.timeout_secs),
+            tokio::task::spawn_blocking(move || proc.wait_with_usage()),
+        )
+        .await;
+        let Ok(waited) = waited else {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            bail!("jetcrawl crawl did not finish in {} s", a.timeout_secs);
+        };
+        let (status, usage) = waited??;
         let secs = started.elapsed().as_secs_f64();
         let site_cpu = (site.proc.cpu() - site_cpu).as_secs_f64();
         if !status.success() {
@@ -53,6 +65,11 @@ pub(crate) async fn embedded(bins: &Bins, a: &CrawlArgs) -> Result<()> {
                 "embedded crawl stored {items} items, expected {}",
                 site_model.products()
             );
+        }
+        let hits = site.hits().await?;
+        let expect = pages as u64;
+        if hits.pages != expect || hits.repeated != 0 || hits.requests != expect {
+            bail!("the site has {expect} pages; the embedded crawl got {hits:?}");
         }
         let cpu = usage.cpu.as_secs_f64();
         println!(

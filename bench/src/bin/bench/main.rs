@@ -38,7 +38,7 @@ enum Scenario {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
-    /// Distributed crawls with the database made slow vs normal, alternating.
+    /// Distributed crawls, normal then with the database made slow, each run.
     Backpressure {
         #[command(flatten)]
         crawl: CrawlArgs,
