@@ -76,6 +76,10 @@ async fn crawl_once(bins: &Bins, a: &CrawlArgs, slow_us_per_row: u64) -> Result<
     stack.run("seed", &[]).await?;
     let mut run = CrawlRun::default();
     let mut next_sample = Instant::now();
+    // (seconds, pages fetched, items stored) every 250 ms: written to timeline.csv in
+    // the run dir when JETCRAWL_BENCH_KEEP is set, to see where a slow run waited.
+    let mut timeline = String::from("secs,pages_fetched,items_stored\n");
+    let mut next_mark = Instant::now();
     let timeout = Duration::from_secs(a.timeout_secs);
     loop {
         let pages = fetched(&stages).await?;
@@ -89,6 +93,11 @@ async fn crawl_once(bins: &Bins, a: &CrawlArgs, slow_us_per_row: u64) -> Result<
         if Instant::now() >= next_sample {
             next_sample += Duration::from_secs(1);
             run.samples.push((stored, rss_by_stage(&stages)));
+        }
+        if Instant::now() >= next_mark {
+            next_mark += Duration::from_millis(250);
+            let secs = started.elapsed().as_secs_f64();
+            let _ = writeln!(timeline, "{secs:.2},{pages},{stored}");
         }
         let items = if stored >= expect_items && pages >= expect_pages {
             stack.db.count(&stack.crawl).await?
@@ -114,6 +123,9 @@ async fn crawl_once(bins: &Bins, a: &CrawlArgs, slow_us_per_row: u64) -> Result<
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let cpu_after = cpu_snapshot(&stack, &stages, &site.proc);
+    if std::env::var_os("JETCRAWL_BENCH_KEEP").is_some() {
+        std::fs::write(stack.dir.path().join("timeline.csv"), &timeline)?;
+    }
     // Every page exactly once, counted by the site itself, once the crawl is idle
     // (nothing left in FRONTIER, nothing pending or unacked on any consumer).
     let js = async_nats::jetstream::new(async_nats::connect(stack.nats.url()).await?);
