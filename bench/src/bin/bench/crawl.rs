@@ -76,9 +76,9 @@ async fn crawl_once(bins: &Bins, a: &CrawlArgs, slow_us_per_row: u64) -> Result<
     stack.run("seed", &[]).await?;
     let mut run = CrawlRun::default();
     let mut next_sample = Instant::now();
-    // (seconds, pages fetched, items stored) every 250 ms: written to timeline.csv in
+    // (seconds, pages fetched, pages parsed, items stored) every 250 ms: written to timeline.csv in
     // the run dir when JETCRAWL_BENCH_KEEP is set, to see where a slow run waited.
-    let mut timeline = String::from("secs,pages_fetched,items_stored\n");
+    let mut timeline = String::from("secs,pages_fetched,pages_parsed,items_stored\n");
     let mut next_mark = Instant::now();
     let timeout = Duration::from_secs(a.timeout_secs);
     loop {
@@ -97,7 +97,8 @@ async fn crawl_once(bins: &Bins, a: &CrawlArgs, slow_us_per_row: u64) -> Result<
         if Instant::now() >= next_mark {
             next_mark += Duration::from_millis(250);
             let secs = started.elapsed().as_secs_f64();
-            let _ = writeln!(timeline, "{secs:.2},{pages},{stored}");
+            let parsed = counter_sum(&stages, "parser", "jetcrawl_pages_parsed_total").await?;
+            let _ = writeln!(timeline, "{secs:.2},{pages},{parsed},{stored}");
         }
         let items = if stored >= expect_items && pages >= expect_pages {
             stack.db.count(&stack.crawl).await?
