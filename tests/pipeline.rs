@@ -562,3 +562,78 @@ async fn init_then_plain_publish_then_status_watch() {
     let [a, b, c] = &mut services;
     h.stop_all(&mut [a, b, c]).await;
 }
+
+/// Two versions of one item with the same fetch time (a replay with new rules publishes
+/// exactly that) must be stored in the order they were published, even though the sink
+/// writes two batches at once: with one item a batch, each pair lands in two batches
+/// written back to back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_stores_versions_of_an_item_in_publish_order() {
+    use jetcrawl_shared::message::{item_id, item_msg_id, Item};
+    use jetcrawl_shared::topology::Names;
+
+    const ITEMS: usize = 300;
+    let extras = common::SpiderExtras {
+        tables: "[sink]\nbatch_size = 1\nbatch_timeout_ms = 1\n".to_string(),
+        ..Default::default()
+    };
+    let h = Harness::start_with(HarnessOptions::default(), extras).await;
+    h.run_command("init", &[]).await;
+    let js = jetstream::connect(&h.nats.url()).await;
+    let subject = Names::new(&h.crawl).items_subject();
+    let fetched_at = chrono::Utc::now();
+    let mut acks = Vec::new();
+    for i in 0..ITEMS {
+        let url = format!("http://shop.test/product/{i}");
+        for version in [1, 2] {
+            let mut data = serde_json::Map::new();
+            data.insert("version".into(), version.into());
+            let item = Item {
+                crawl: h.crawl.clone(),
+                item_id: item_id(&url, "product", None),
+                item_type: "product".into(),
+                url: url.clone(),
+                data,
+                fetched_at,
+            };
+            let publish = async_nats::jetstream::message::PublishMessage::build()
+                .payload(serde_json::to_vec(&item).expect("json").into())
+                .message_id(item_msg_id(&item));
+            acks.push(
+                js.send_publish(subject.clone(), publish)
+                    .await
+                    .expect("publish"),
+            );
+        }
+    }
+    for ack in acks {
+        ack.await.expect("stored in ITEMS");
+    }
+
+    let _sink = h.spawn(Role::Sink);
+    let (js, items) = (&js, stream_name(&h.crawl, "ITEMS"));
+    let items = items.as_str();
+    h.wait_until(CRAWL, "the sink has acked every item message", || async move {
+        let Ok(stream) = js.get_stream(items).await else {
+            return false;
+        };
+        matches!(
+            stream.consumer_info("sink").await,
+            Ok(i) if i.num_pending == 0 && i.num_ack_pending == 0 && i.delivered.stream_sequence >= 2 * ITEMS as u64
+        )
+    })
+    .await;
+    let stored = h.db.items(&h.crawl).await;
+    assert_eq!(stored.len(), ITEMS);
+    let stale: Vec<&str> = stored
+        .iter()
+        .filter(|s| s.data["version"] != 2)
+        .map(|s| s.url.as_str())
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "{} of {ITEMS} items kept the older version: {:?}",
+        stale.len(),
+        &stale[..stale.len().min(5)]
+    );
+}

@@ -1,7 +1,8 @@
 //! The sink service: pull items, batch by size or time, one transaction a batch,
 //! ack after commit. Two batches are written at once, so the next one is decoded and
 //! sent while the database commits the last (rows are written in key order, so two
-//! batches cannot deadlock on each other). A database outage holds the batches (and
+//! batches cannot deadlock on each other; a batch sharing an item with the one in
+//! flight waits for it, so versions of an item are stored in publish order). A database outage holds the batches (and
 //! so the pull) and retries; the ITEMS stream is the buffer.
 
 use std::collections::{HashMap, HashSet};
