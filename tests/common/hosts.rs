@@ -148,7 +148,9 @@ impl PageSpec {
 /// `127.0.0.<2 + i>` for `i in 0..n`: `n` distinct loopback hosts.
 pub fn loopback_ips(n: usize) -> Vec<Ipv4Addr> {
     assert!(n <= 250, "at most 250 loopback hosts");
-    (0..n).map(|i| Ipv4Addr::new(127, 0, 0, 2 + i as u8)).collect()
+    (0..n)
+        .map(|i| Ipv4Addr::new(127, 0, 0, 2 + i as u8))
+        .collect()
 }
 
 /// One request the site received.
@@ -277,7 +279,9 @@ impl HostsSite {
 
     /// `http://<ip>:<port>/` of every host.
     pub fn home_urls(&self) -> Vec<String> {
-        (0..self.hosts()).map(|h| format!("{}/", self.base(h))).collect()
+        (0..self.hosts())
+            .map(|h| format!("{}/", self.base(h)))
+            .collect()
     }
 
     /// Every request so far, in arrival order.
@@ -392,10 +396,9 @@ impl Drop for HostsSite {
 
 /// The price shown on a product page: derived from its path, so it is checked too.
 fn price(link: &Link) -> String {
-    let h = link
-        .path
-        .bytes()
-        .fold(link.host as u32, |a, b| a.wrapping_mul(31).wrapping_add(b.into()));
+    let h = link.path.bytes().fold(link.host as u32, |a, b| {
+        a.wrapping_mul(31).wrapping_add(b.into())
+    });
     format!("£{}.{:02}", 5 + h % 90, h % 100)
 }
 
@@ -472,7 +475,10 @@ async fn handle(
     };
     Response::builder()
         .status(StatusCode::from_u16(status).expect("status"))
-        .header(header::CONTENT_TYPE, format!("{content_type}; charset=utf-8"))
+        .header(
+            header::CONTENT_TYPE,
+            format!("{content_type}; charset=utf-8"),
+        )
         .body(Body::from(body))
         .expect("valid response")
 }
@@ -492,7 +498,11 @@ fn render(site: &SiteState, host: usize, path: &str, page: &PageSpec) -> String 
     let mut body = String::new();
     if page.product {
         let title = format!("Product {path} on {}", site.hosts[host].ip);
-        let _ = writeln!(body, "<h1>{title}</h1>\n<p class=\"price\">{}</p>", price(&link));
+        let _ = writeln!(
+            body,
+            "<h1>{title}</h1>\n<p class=\"price\">{}</p>",
+            price(&link)
+        );
     } else {
         let _ = writeln!(body, "<h2>Listing {path}</h2>");
     }

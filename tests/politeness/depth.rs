@@ -70,7 +70,8 @@ fn depth_site() -> Vec<HostSpec> {
             for p in &products {
                 b.pages.insert(p.path.clone(), PageSpec::product(back()));
             }
-            b.pages.insert(section.path.clone(), PageSpec::listing(products));
+            b.pages
+                .insert(section.path.clone(), PageSpec::listing(products));
         }
         shortcuts.extend(sections);
     }
@@ -87,7 +88,8 @@ fn depth_site() -> Vec<HostSpec> {
             for p in &products {
                 c.pages.insert(p.path.clone(), PageSpec::product(back()));
             }
-            c.pages.insert(sec.path.clone(), PageSpec::listing(products));
+            c.pages
+                .insert(sec.path.clone(), PageSpec::listing(products));
         }
     }
     for i in 1..=4 {
@@ -116,10 +118,13 @@ fn depth_site() -> Vec<HostSpec> {
         if i == 6 {
             links.push(link(A, "/p/beyond.html"));
         }
-        a.pages.insert(format!("/chain/{i}"), PageSpec::listing(links));
+        a.pages
+            .insert(format!("/chain/{i}"), PageSpec::listing(links));
     }
-    a.pages.insert("/p/edge.html".into(), PageSpec::product(back()));
-    a.pages.insert("/p/beyond.html".into(), PageSpec::product(back()));
+    a.pages
+        .insert("/p/edge.html".into(), PageSpec::product(back()));
+    a.pages
+        .insert("/p/beyond.html".into(), PageSpec::product(back()));
     vec![a, b, c]
 }
 
@@ -131,12 +136,32 @@ fn seeds() -> Vec<Link> {
 fn check_design(site: &HostsSite) {
     let depth = site.expected_pages(&seeds(), MAX_DEPTH);
     let at = |l: Link| depth.get(&l).copied();
-    assert_eq!(at(link(B, "/sec/2/3")), Some(2), "design: sections at depth 2");
-    assert_eq!(at(link(C, "/dsec/1")), Some(5), "design: deep sections at 5");
-    assert_eq!(at(link(C, "/p/d3-8.html")), Some(6), "design: products at max_depth");
-    assert_eq!(at(link(A, "/p/edge.html")), Some(6), "design: edge at max_depth");
+    assert_eq!(
+        at(link(B, "/sec/2/3")),
+        Some(2),
+        "design: sections at depth 2"
+    );
+    assert_eq!(
+        at(link(C, "/dsec/1")),
+        Some(5),
+        "design: deep sections at 5"
+    );
+    assert_eq!(
+        at(link(C, "/p/d3-8.html")),
+        Some(6),
+        "design: products at max_depth"
+    );
+    assert_eq!(
+        at(link(A, "/p/edge.html")),
+        Some(6),
+        "design: edge at max_depth"
+    );
     assert_eq!(at(link(A, "/chain/7")), None, "design: chain cut at 6");
-    assert_eq!(at(link(A, "/p/beyond.html")), None, "design: beyond max_depth");
+    assert_eq!(
+        at(link(A, "/p/beyond.html")),
+        None,
+        "design: beyond max_depth"
+    );
     assert!(site.expected_items(&seeds(), MAX_DEPTH).len() > 150);
 }
 
@@ -149,9 +174,18 @@ fn item_diff(site: &HostsSite, stored: &[StoredItem], expected: &[ExpectedItem])
         .map(|(l, d)| (site.url(&l), d))
         .collect();
     let got: BTreeMap<&str, &StoredItem> = stored.iter().map(|s| (s.url.as_str(), s)).collect();
-    let want: BTreeMap<&str, &ExpectedItem> = expected.iter().map(|e| (e.url.as_str(), e)).collect();
-    let missing: Vec<&str> = want.keys().filter(|u| !got.contains_key(*u)).copied().collect();
-    let unexpected: Vec<&str> = got.keys().filter(|u| !want.contains_key(*u)).copied().collect();
+    let want: BTreeMap<&str, &ExpectedItem> =
+        expected.iter().map(|e| (e.url.as_str(), e)).collect();
+    let missing: Vec<&str> = want
+        .keys()
+        .filter(|u| !got.contains_key(*u))
+        .copied()
+        .collect();
+    let unexpected: Vec<&str> = got
+        .keys()
+        .filter(|u| !want.contains_key(*u))
+        .copied()
+        .collect();
     let differing = want
         .iter()
         .filter(|(u, e)| got.get(*u).is_some_and(|s| s.data != e.data))
@@ -162,7 +196,9 @@ fn item_diff(site: &HostsSite, stored: &[StoredItem], expected: &[ExpectedItem])
     }
     let mut by_depth: BTreeMap<u32, usize> = BTreeMap::new();
     for u in &missing {
-        *by_depth.entry(depth.get(*u).copied().unwrap_or(0)).or_insert(0) += 1;
+        *by_depth
+            .entry(depth.get(*u).copied().unwrap_or(0))
+            .or_insert(0) += 1;
     }
     let by_depth: Vec<String> = by_depth
         .iter()
@@ -331,5 +367,8 @@ async fn depth_limited_crawl_is_exact_with_three_fetchers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn depth_limited_crawl_is_exact_while_fetchers_are_killed() {
     let result = distributed_run(2, true).await;
-    assert_runs("distributed, 2 fetchers, both SIGKILLed mid-crawl", &[result]);
+    assert_runs(
+        "distributed, 2 fetchers, both SIGKILLed mid-crawl",
+        &[result],
+    );
 }

@@ -11,9 +11,11 @@ use crate::support::{
     assert_none, fetch_counts, harness_for, seed, start_pipeline, stop, Bind, Knobs, CRAWL,
 };
 
-/// FRONTIER messages stored per URL the crawl discovers, at most: one publish each,
-/// plus room for retries and redeliveries.
-const WRITES_PER_URL: f64 = 2.0;
+/// FRONTIER messages stored per URL, at most. Each URL is published once (the seeds
+/// once more); no page of this site fails, so anything beyond is a request handed
+/// back and republished. A quarter more leaves room for a retry or redelivery now and
+/// then; today's hand-backs come to ~1.7 per URL even at delay 0.
+const WRITES_PER_URL: f64 = 1.25;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_host_crawl_writes_frontier_a_few_times_per_url() {
@@ -37,7 +39,12 @@ async fn single_host_crawl_writes_frontier_a_few_times_per_url() {
         .get_stream(jetstream::stream_name(&h.crawl, "FRONTIER"))
         .await
         .expect("FRONTIER stream");
-    let writes = frontier.info().await.expect("FRONTIER info").state.last_sequence;
+    let writes = frontier
+        .info()
+        .await
+        .expect("FRONTIER info")
+        .state
+        .last_sequence;
     let expected = site.expected_pages(&seeds, knobs.max_depth);
     let urls = expected.len();
     let per_url = writes as f64 / urls as f64;
@@ -48,9 +55,10 @@ async fn single_host_crawl_writes_frontier_a_few_times_per_url() {
     assert!(
         per_url <= WRITES_PER_URL,
         "a single-host crawl of {urls} URLs wrote {writes} messages to FRONTIER ({per_url:.1} \
-         per URL, {:.0} a second): busy-host hand-backs republish requests instead of \
-         holding them in the host's owner",
-        writes as f64 / elapsed.as_secs_f64()
+         per URL; {} beyond one per URL, {:.0} a second): busy-host hand-backs republish \
+         requests instead of holding them in the host's owner",
+        writes.saturating_sub(urls as u64),
+        writes.saturating_sub(urls as u64) as f64 / elapsed.as_secs_f64()
     );
     h.assert_items(&site.expected_items(&seeds, knobs.max_depth))
         .await;

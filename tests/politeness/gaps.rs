@@ -24,7 +24,9 @@ fn shops(latency: Duration) -> Vec<HostSpec> {
         disallow: vec!["/private/".into()],
         ..Robots::default()
     });
-    hosts[1].pages.insert(private.clone(), PageSpec::product(vec![]));
+    hosts[1]
+        .pages
+        .insert(private.clone(), PageSpec::product(vec![]));
     if let Some(home) = hosts[1].pages.get_mut("/") {
         home.links.push(Link {
             host: 1,

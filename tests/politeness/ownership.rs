@@ -18,8 +18,9 @@ use jetcrawl_shared::canon::partition;
 use crate::common::hosts::{loopback_ips, Hit, HostSpec, HostsSite};
 use crate::common::Harness;
 use crate::support::{
-    assert_none, fetch_counts, fetcher_address, harness_for, politeness, require_local_address_flag,
-    seed, spawn_fetcher, start_pipeline, stop, Bind, Knobs, Promise, CRAWL, RESUME,
+    assert_none, fetch_counts, fetcher_address, harness_for, politeness,
+    require_local_address_flag, seed, spawn_fetcher, start_pipeline, stop, Bind, Knobs, Promise,
+    CRAWL, RESUME,
 };
 
 /// A slower delay than test 1's: the hosts must stay busy across a handover, and the
@@ -60,7 +61,9 @@ fn ips_covering_partitions(partitions: u32) -> Vec<Ipv4Addr> {
     chosen
         .into_iter()
         .enumerate()
-        .map(|(p, ip)| ip.unwrap_or_else(|| panic!("no address in 127.0.0.2-254 for partition {p}")))
+        .map(|(p, ip)| {
+            ip.unwrap_or_else(|| panic!("no address in 127.0.0.2-254 for partition {p}"))
+        })
         .collect()
 }
 
@@ -180,7 +183,13 @@ async fn killed_owner_hands_its_hosts_over_within_the_lease() {
     }
 
     h.wait_idle(CRAWL).await;
-    assert_crawl_ok(&h, &site, true, &format!("fetcher {victim} killed mid-crawl")).await;
+    assert_crawl_ok(
+        &h,
+        &site,
+        true,
+        &format!("fetcher {victim} killed mid-crawl"),
+    )
+    .await;
     stop(&h, &mut fetchers, &mut parser, &mut sink).await;
 }
 
@@ -194,8 +203,12 @@ fn status_fetchers(status: &Value) -> Vec<(String, u64, Vec<u64>)> {
     });
     list.iter()
         .map(|f| {
-            let id = f["id"].as_str().unwrap_or_else(|| panic!("fetcher without id: {f}"));
-            let pid = f["pid"].as_u64().unwrap_or_else(|| panic!("fetcher without pid: {f}"));
+            let id = f["id"]
+                .as_str()
+                .unwrap_or_else(|| panic!("fetcher without id: {f}"));
+            let pid = f["pid"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("fetcher without pid: {f}"));
             let parts = f["partitions"]
                 .as_array()
                 .unwrap_or_else(|| panic!("fetcher without partitions: {f}"))
@@ -253,7 +266,8 @@ async fn fourth_fetcher_takes_over_partitions_mid_crawl() {
         let live: BTreeSet<String> = listed.iter().map(|(id, _, _)| id.clone()).collect();
         let mine = listed.iter().find(|(_, p, _)| *p == pid);
         if let Some((_, _, parts)) = mine {
-            if !parts.is_empty() && unowned_partitions(&status, KNOBS.partitions, &live).is_empty() {
+            if !parts.is_empty() && unowned_partitions(&status, KNOBS.partitions, &live).is_empty()
+            {
                 owned = parts.clone();
                 break;
             }
@@ -269,7 +283,12 @@ async fn fourth_fetcher_takes_over_partitions_mid_crawl() {
     );
     let rebalanced = joined.elapsed();
     let its_hosts: Vec<usize> = (0..site.hosts())
-        .filter(|&host| owned.contains(&u64::from(partition(&site.host_name(host), KNOBS.partitions))))
+        .filter(|&host| {
+            owned.contains(&u64::from(partition(
+                &site.host_name(host),
+                KNOBS.partitions,
+            )))
+        })
         .collect();
     let left = unfinished(&site, &its_hosts);
     assert!(
@@ -283,8 +302,11 @@ async fn fourth_fetcher_takes_over_partitions_mid_crawl() {
         RESUME,
         &format!("fetcher 4 ({me}) requests a host of its partitions {owned:?}"),
         || async {
-            left.iter()
-                .any(|&host| site.requests_to(host).iter().any(|r| r.fetcher() == Some(4)))
+            left.iter().any(|&host| {
+                site.requests_to(host)
+                    .iter()
+                    .any(|r| r.fetcher() == Some(4))
+            })
         },
     )
     .await;

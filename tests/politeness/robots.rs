@@ -71,17 +71,17 @@ async fn robots_txt_unreachable_at_first_defers_the_host_then_crawls_it() {
     }
     if !private_recorded {
         problems.push(format!(
-            "{private_url}: disallowed by robots.txt, yet no page record says so"
+            "{private_url}: the one page robots.txt disallows has no page record saying so"
         ));
     }
     eprintln!(
-        "robots.txt requested {robots} times; {} page records",
+        "robots.txt requested {robots} time(s); {} page record(s)",
         records.len()
     );
     assert_none(
         "a robots.txt that failed for a moment dropped the host's pages for good",
         &problems,
-        &format!("robots.txt was requested {robots} times"),
+        &format!("robots.txt was requested {robots} time(s)"),
     );
     h.assert_items(&site.expected_items(&seeds, knobs.max_depth))
         .await;

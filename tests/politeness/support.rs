@@ -45,7 +45,9 @@ impl Default for Knobs {
 pub fn spider_toml(crawl: &str, site: &HostsSite, seeds: &[Link], k: &Knobs) -> String {
     let quote = |s: String| format!("\"{s}\"");
     let seeds: Vec<String> = seeds.iter().map(|l| quote(site.url(l))).collect();
-    let hosts: Vec<String> = (0..site.hosts()).map(|h| quote(site.host_name(h))).collect();
+    let hosts: Vec<String> = (0..site.hosts())
+        .map(|h| quote(site.host_name(h)))
+        .collect();
     format!(
         r#"name = "{crawl}"
 start_urls = [{seeds}]
@@ -237,15 +239,15 @@ pub fn politeness(site: &HostsSite, promise: Promise) -> (String, Vec<String>) {
                 "the spider's delay"
             };
             problems.push(format!(
-                "{name}: {} of {} request starts came within {} of the {} before them \
-                 ({what} is {}, concurrency {}); closest {}: {} ({}) then {} ({})",
+                "{name}: {} of {} request starts came within {} of {} ({what} is {}, \
+                 concurrency {}); closest {}: {} ({}) then {} ({})",
                 short.len(),
                 gaps.len(),
                 ms(floor),
                 if promise.concurrency == 1 {
-                    "one".to_string()
+                    "the one before".to_string()
                 } else {
-                    format!("{}th", promise.concurrency)
+                    format!("the start {} before", promise.concurrency)
                 },
                 ms(delay),
                 promise.concurrency,
@@ -271,7 +273,11 @@ pub fn politeness(site: &HostsSite, promise: Promise) -> (String, Vec<String>) {
 
 /// Pages requested a wrong number of times: each page of `expected` between 1 and
 /// `max_times` times, nothing else but robots.txt at all.
-pub fn fetch_counts(site: &HostsSite, expected: &BTreeMap<Link, u32>, max_times: usize) -> Vec<String> {
+pub fn fetch_counts(
+    site: &HostsSite,
+    expected: &BTreeMap<Link, u32>,
+    max_times: usize,
+) -> Vec<String> {
     let counts = site.counts_by_page();
     let mut problems = Vec::new();
     for link in expected.keys() {
@@ -296,7 +302,10 @@ pub fn fetch_counts(site: &HostsSite, expected: &BTreeMap<Link, u32>, max_times:
             } else {
                 "beyond max_depth or not linked"
             };
-            problems.push(format!("{}: fetched {n} times though {why}", site.url(&link)));
+            problems.push(format!(
+                "{}: fetched {n} times though {why}",
+                site.url(&link)
+            ));
         }
     }
     problems
