@@ -564,3 +564,69 @@ pub fn by_sender(reqs: &[Hit]) -> BTreeMap<String, usize> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit(start_ms: u64, end_ms: u64, t0: Instant) -> Hit {
+        Hit {
+            host: 0,
+            host_header: String::new(),
+            path: "/".into(),
+            peer: IpAddr::V4(Ipv4Addr::new(127, 0, 1, 2)),
+            start: t0 + Duration::from_millis(start_ms),
+            end: Some(t0 + Duration::from_millis(end_ms)),
+        }
+    }
+
+    #[test]
+    fn gaps_and_in_flight_are_measured_from_the_log() {
+        let t0 = Instant::now();
+        let reqs = vec![
+            hit(0, 50, t0),
+            hit(100, 150, t0),
+            hit(130, 200, t0),
+            hit(200, 210, t0),
+        ];
+        let gaps: Vec<u128> = start_gaps(&reqs, 1)
+            .iter()
+            .map(|(g, _, _)| g.as_millis())
+            .collect();
+        assert_eq!(gaps, vec![100, 30, 70]);
+        let per_slot: Vec<u128> = start_gaps(&reqs, 2)
+            .iter()
+            .map(|(g, _, _)| g.as_millis())
+            .collect();
+        assert_eq!(per_slot, vec![130, 100]);
+        // 130-150 overlaps; the request ending at 200 and the one starting at 200 do not.
+        assert_eq!(max_in_flight(&reqs), 2);
+        assert_eq!(max_in_flight(&reqs[..2]), 1);
+        assert_eq!(reqs[0].fetcher(), Some(2));
+    }
+
+    #[test]
+    fn expected_pages_are_a_bfs_within_max_depth_obeying_robots() {
+        let mut host = HostSpec::catalogue(0, Ipv4Addr::new(127, 0, 0, 2), 2, 3);
+        host.robots = Some(Robots {
+            disallow: vec!["/list/2".into()],
+            ..Robots::default()
+        });
+        let state = SiteState {
+            hosts: vec![host],
+            ports: Mutex::new(vec![8000]),
+            log: Mutex::new(Vec::new()),
+            counts: Mutex::new(BTreeMap::new()),
+        };
+        let site = HostsSite {
+            state: Arc::new(state),
+            tasks: Vec::new(),
+        };
+        let seeds = site.home_links();
+        let all = site.expected_pages(&seeds, 10);
+        // `/`, `/list/1.html` and its 3 products; `/list/2.html` is disallowed.
+        assert_eq!(all.len(), 5);
+        assert_eq!(site.expected_pages(&seeds, 1).len(), 2);
+        assert_eq!(site.expected_items(&seeds, 10).len(), 3);
+    }
+}

@@ -107,10 +107,8 @@ fn first_other_after(site: &HostsSite, host: usize, k: usize, since: Instant) ->
         .find(|r| r.start > since && r.fetcher() != Some(k))
 }
 
-/// Politeness over the whole run, the exact items, each page fetched once (or twice,
-/// for what a killed or frozen fetcher had in flight, when `redo` allows).
-async fn assert_crawl_ok(h: &Harness, site: &HostsSite, redo: bool, what: &str) {
-    let seeds = site.home_links();
+/// Delay and concurrency per host held over the whole run.
+fn assert_polite(site: &HostsSite, what: &str) {
     let (summary, problems) = politeness(site, Promise::of(&KNOBS));
     eprintln!("{what}; what the site saw:\n{summary}");
     assert_none(
@@ -118,6 +116,13 @@ async fn assert_crawl_ok(h: &Harness, site: &HostsSite, redo: bool, what: &str) 
         &problems,
         &format!("what the site saw:\n{summary}"),
     );
+}
+
+/// Politeness over the whole run, the exact items, each page fetched once (or twice,
+/// for what a killed or frozen fetcher had in flight, when `redo` allows).
+async fn assert_crawl_ok(h: &Harness, site: &HostsSite, redo: bool, what: &str) {
+    let seeds = site.home_links();
+    assert_polite(site, what);
     h.assert_items(&site.expected_items(&seeds, KNOBS.max_depth))
         .await;
     let expected = site.expected_pages(&seeds, KNOBS.max_depth);
@@ -198,7 +203,7 @@ fn status_fetchers(status: &Value) -> Vec<(String, u64, Vec<u64>)> {
     let list = status["fetchers"].as_array().unwrap_or_else(|| {
         panic!(
             "`jetcrawl status --json` has no `fetchers` list (issue 8: id, host, pid, \
-             version, partitions, heartbeat_age_ms of each live fetcher):\n{status:#}"
+             version, partitions, heartbeat_age_ms of each live fetcher): {status}"
         )
     });
     list.iter()
@@ -225,7 +230,7 @@ fn unowned_partitions(status: &Value, partitions: u32, live: &BTreeSet<String>) 
     let list = status["partitions"].as_array().unwrap_or_else(|| {
         panic!(
             "`jetcrawl status --json` has no `partitions` list (issue 8: partition, owner \
-             of each):\n{status:#}"
+             of each): {status}"
         )
     });
     (0..u64::from(partitions))
@@ -279,7 +284,7 @@ async fn fourth_fetcher_takes_over_partitions_mid_crawl() {
         !owned.is_empty(),
         "{JOIN:?} after a fourth fetcher (pid {pid}) started, `jetcrawl status` does not show \
          it owning a partition with every partition owned by a live fetcher: it sits idle \
-         while the others keep all the work. Last status:\n{last:#}"
+         while the others keep all the work. Last status: {last}"
     );
     let rebalanced = joined.elapsed();
     let its_hosts: Vec<usize> = (0..site.hosts())
@@ -361,12 +366,15 @@ async fn frozen_owner_starts_nothing_on_hosts_it_lost() {
          requested {}: those sites saw the crawl stop",
         not_taken.join(", ")
     );
-    assert!(
-        !unfinished(&site, &taken).is_empty(),
-        "the frozen fetcher's hosts were finished before it thawed: give them more pages"
-    );
+    let left_at_thaw = unfinished(&site, &taken);
 
     h.wait_idle(CRAWL).await;
+    let what = format!("fetcher {victim} stopped for {PAUSE:?}");
+    assert_polite(&site, &what);
+    assert!(
+        !left_at_thaw.is_empty(),
+        "the frozen fetcher's hosts were finished before it thawed: give them more pages"
+    );
     // After SIGCONT, a request by the thawed fetcher to a host must come after every
     // request another fetcher made to that host since the freeze (the host was handed
     // back), never among them.
@@ -406,12 +414,34 @@ async fn frozen_owner_starts_nothing_on_hosts_it_lost() {
         &problems,
         "",
     );
-    assert_crawl_ok(
-        &h,
-        &site,
-        true,
-        &format!("fetcher {victim} stopped for {PAUSE:?}"),
-    )
-    .await;
+    assert_crawl_ok(&h, &site, true, &what).await;
     stop(&h, &mut fetchers, &mut parser, &mut sink).await;
+}
+
+#[test]
+fn status_fields_read_as_issue_8_describes_them() {
+    let status = serde_json::json!({
+        "fetchers": [
+            {"id": "f-a", "host": "box", "pid": 41, "version": "0.1.0",
+             "partitions": [0, 2], "heartbeat_age_ms": 800},
+            {"id": "f-b", "host": "box", "pid": 42, "version": "0.1.0",
+             "partitions": [1], "heartbeat_age_ms": 300}
+        ],
+        "partitions": [
+            {"partition": 0, "owner": "f-a"},
+            {"partition": 1, "owner": "f-b"},
+            {"partition": 2, "owner": null},
+            {"partition": 3, "owner": "f-gone"}
+        ]
+    });
+    let fetchers = status_fetchers(&status);
+    assert_eq!(fetchers[0], ("f-a".to_string(), 41, vec![0, 2]));
+    let live: BTreeSet<String> = fetchers.into_iter().map(|(id, _, _)| id).collect();
+    assert_eq!(unowned_partitions(&status, 4, &live), vec![2, 3]);
+    let ips = ips_covering_partitions(16);
+    let parts: BTreeSet<u32> = ips
+        .iter()
+        .map(|ip| partition(&ip.to_string(), 16))
+        .collect();
+    assert_eq!(parts.len(), 16, "one host per partition");
 }
