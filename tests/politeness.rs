@@ -5,6 +5,7 @@
 //! depth-limited crawls, robots.txt outages and busy hosts lose or rewrite nothing.
 //!
 //! Layout: `support` (spider, fetchers by source address, politeness checks) ·
+//! `measure` (gaps, requests in flight, senders from the site's log) ·
 //! `gaps` (1: delay, concurrency, Crawl-delay at 1–3 fetchers) · `ownership` (2–4:
 //! SIGKILL, join, SIGSTOP) · `depth` (5: the same items whatever the timing) ·
 //! `robots` (6: robots.txt 503 then 200) · `frontier` (7: FRONTIER writes per URL).
@@ -16,6 +17,8 @@ mod depth;
 mod frontier;
 #[path = "politeness/gaps.rs"]
 mod gaps;
+#[path = "politeness/measure.rs"]
+mod measure;
 #[path = "politeness/ownership.rs"]
 mod ownership;
 #[path = "politeness/robots.rs"]

@@ -6,8 +6,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::common::hosts::{by_sender, max_in_flight, start_gaps, HostsSite, Link};
+use crate::common::hosts::{HostsSite, Link};
 use crate::common::{Harness, HarnessOptions, Role, Service};
+use crate::measure::{by_sender, max_in_flight, start_gaps};
 
 /// Services up and their streams, consumers and table created.
 pub const STARTUP: Duration = Duration::from_secs(60);
