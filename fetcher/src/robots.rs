@@ -190,15 +190,20 @@ impl Inner {
         };
         let started = Instant::now();
         let response = self.client.get(&robots_url).await;
+        let back_off = match &response {
+            Ok(r) if matches!(r.status, 429 | 503) => r.retry_after,
+            _ => None,
+        };
+        let rules = self.rules_from(response);
         if let Some(mut permit) = permit {
-            if let Ok(r) = &response {
-                if let (429 | 503, Some(after)) = (r.status, r.retry_after) {
-                    permit.back_off(after);
-                }
+            if let Some(after) = back_off {
+                permit.back_off(after);
+            }
+            if let Some(delay) = rules.crawl_delay() {
+                permit.set_crawl_delay(delay);
             }
             permit.finish(started.elapsed());
         }
-        let rules = self.rules_from(response);
         let lifetime = match rules {
             Rules::Unavailable(_) => (UNREACHABLE_RETRY * 2u32.saturating_pow(failures.min(16)))
                 .min(UNREACHABLE_MAX_RETRY)
@@ -241,15 +246,22 @@ impl Inner {
 }
 
 impl Rules {
+    fn crawl_delay(&self) -> Option<Duration> {
+        match self {
+            Rules::Parsed(robot) => robot
+                .delay
+                .and_then(|d| Duration::try_from_secs_f32(d).ok())
+                .map(|d| d.min(MAX_CRAWL_DELAY)),
+            _ => None,
+        }
+    }
+
     fn verdict(&self, url: &url::Url, expires_in: Duration) -> RobotsVerdict {
         match self {
             Rules::AllowAll => RobotsVerdict::Allowed { crawl_delay: None },
             Rules::Parsed(robot) if !robot.allowed(url.as_str()) => RobotsVerdict::Disallowed,
-            Rules::Parsed(robot) => RobotsVerdict::Allowed {
-                crawl_delay: robot
-                    .delay
-                    .and_then(|d| Duration::try_from_secs_f32(d).ok())
-                    .map(|d| d.min(MAX_CRAWL_DELAY)),
+            Rules::Parsed(_) => RobotsVerdict::Allowed {
+                crawl_delay: self.crawl_delay(),
             },
             Rules::Unavailable(reason) => RobotsVerdict::Unavailable {
                 retry_in: expires_in,
