@@ -239,6 +239,7 @@ impl Fetcher {
         if !holds() {
             return FetchOutcome::Revoked;
         }
+        permit.start();
         let fetch_started = tokio::time::Instant::now();
         let result = self.http.get(&url).await;
         let tries = req.tries.saturating_add(1);

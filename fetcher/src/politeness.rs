@@ -125,6 +125,22 @@ impl HostPermit {
         self.back_off = Some(pause);
     }
 
+    /// The request is about to go out now: the host's next start is counted from
+    /// here, not from when the slot was granted, so a task that was slow to run after
+    /// the grant does not bring the next request closer to this one.
+    pub fn start(&mut self) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let mut state = lock(&shared.state);
+        let now = Instant::now();
+        self.started = now;
+        if let Some(host) = state.hosts.get_mut(&self.key) {
+            let spacing = effective_delay(&shared.cfg, host);
+            host.next_start = host.next_start.max(now + spacing);
+        }
+    }
+
     /// The host's robots.txt asks for this delay between requests (learnt by the
     /// request holding this permit): it applies from this request's start on.
     pub fn set_crawl_delay(&mut self, delay: Duration) {

@@ -206,6 +206,10 @@ impl Inner {
             },
             None => None,
         };
+        let mut permit = permit;
+        if let Some(p) = permit.as_mut() {
+            p.start();
+        }
         let started = Instant::now();
         let response = self.client.get(&robots_url).await;
         let back_off = match &response {
