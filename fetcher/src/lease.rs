@@ -107,9 +107,8 @@ pub async fn own_partitions<R: PartitionRunner>(
     let mut held: BTreeMap<u32, Held> = BTreeMap::new();
     let mut running = JoinSet::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u32>();
-    let mut ticker = tokio::time::interval(HEARTBEAT_EVERY / 2);
+    let mut ticker = tokio::time::interval(HEARTBEAT_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_beat: Option<Instant> = None;
     let change = |what: &str| {
         metrics
             .lease_changes
@@ -135,11 +134,8 @@ pub async fn own_partitions<R: PartitionRunner>(
         while running.try_join_next().is_some() {}
         renew(&store, &me, &mut held, &change).await;
         me.partitions = held.keys().copied().collect();
-        if last_beat.is_none_or(|t| t.elapsed() >= HEARTBEAT_EVERY) {
-            match presence::beat(&store, &mut me).await {
-                Ok(()) => last_beat = Some(Instant::now()),
-                Err(e) => tracing::warn!(error = %e, "heartbeat not written"),
-            }
+        if let Err(e) = presence::beat(&store, &mut me).await {
+            tracing::warn!(error = %e, "heartbeat not written");
         }
         let live = match presence::read(&store).await {
             Ok(live) => live,

@@ -133,12 +133,13 @@ impl Dedup {
     pub async fn fresh(&self, requests: &[Planned]) -> Result<Vec<Planned>, ParseError> {
         let fps: Vec<Seen> = requests.iter().map(|p| (p.fp, p.request.depth)).collect();
         let seen = self.dupefilter.check(&fps).await?;
-        Ok(requests
+        let fresh: Vec<Planned> = requests
             .iter()
             .zip(&seen)
             .filter(|(_, seen)| !**seen)
             .map(|(p, _)| p.clone())
-            .collect())
+            .collect();
+        Ok(fresh)
     }
 
     /// After `sent` went downstream: mark them (and `also_seen`) seen and count them
@@ -150,8 +151,13 @@ impl Dedup {
         found: usize,
     ) -> Result<(), ParseError> {
         let mut add: Vec<Seen> = sent.iter().map(|p| (p.fp, p.request.depth)).collect();
+        let sent_now = add.len();
         add.extend_from_slice(also_seen);
-        self.dupefilter.add(&add).await?;
+        // Of the URLs sent, those scheduled before at a deeper depth (fetched again, so
+        // that their links are followed to `max_depth` from the shorter path): asked in
+        // the same round trip as the add.
+        let deeper = self.dupefilter.add_counting_deeper(&add, sent_now).await?;
+        self.metrics.links_replanned.inc_by(deeper);
         self.metrics.links_found.inc_by(found as u64);
         self.metrics.links_new.inc_by(sent.len() as u64);
         Ok(())

@@ -52,6 +52,19 @@ impl Dupefilter {
         }
     }
 
+    /// [`Dupefilter::add`], and count how many of the first `ask` were added before at
+    /// a deeper depth only: URLs scheduled again along a shorter path. One round trip.
+    pub async fn add_counting_deeper(&self, fps: &[Seen], ask: usize) -> Result<u64, Error> {
+        match self {
+            Dupefilter::Redis(r) => r.add_counting_deeper(fps, ask).await,
+            Dupefilter::Memory(m) => {
+                let deeper = m.deeper(&fps[..ask.min(fps.len())]);
+                m.add(fps);
+                Ok(deeper)
+            }
+        }
+    }
+
     /// Record fingerprints as seen at their depths. One round trip.
     pub async fn add(&self, fps: &[Seen]) -> Result<(), Error> {
         match self {
@@ -138,6 +151,33 @@ impl RedisDupefilter {
         Ok(found.iter().map(|at| at.iter().any(|&x| x)).collect())
     }
 
+    async fn add_counting_deeper(&self, fps: &[Seen], ask: usize) -> Result<u64, Error> {
+        if fps.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        let asked: Vec<&Seen> = fps[..ask.min(fps.len())]
+            .iter()
+            .filter(|(_, d)| *d < MAX_TRACKED_DEPTH)
+            .collect();
+        // Asked before the adds, so an URL's own new member does not count.
+        for &&(fp, depth) in &asked {
+            let cmd = pipe.cmd("SMISMEMBER").arg(self.key(fp));
+            for d in depth + 1..=MAX_TRACKED_DEPTH {
+                cmd.arg(member(fp, d));
+            }
+        }
+        for &(fp, depth) in fps {
+            pipe.cmd("SADD")
+                .arg(self.key(fp))
+                .arg(member(fp, depth))
+                .ignore();
+        }
+        let mut conn = self.conn.clone();
+        let found: Vec<Vec<bool>> = pipe.query_async(&mut conn).await?;
+        Ok(found.iter().filter(|at| at.iter().any(|&x| x)).count() as u64)
+    }
+
     async fn add(&self, fps: &[Seen]) -> Result<(), Error> {
         if fps.is_empty() {
             return Ok(());
@@ -175,6 +215,16 @@ impl MemoryDupefilter {
                     .is_some_and(|&at| at <= (*depth).min(MAX_TRACKED_DEPTH))
             })
             .collect()
+    }
+
+    fn deeper(&self, fps: &[Seen]) -> u64 {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        fps.iter()
+            .filter(|(fp, depth)| {
+                seen.get(fp)
+                    .is_some_and(|&at| at > (*depth).min(MAX_TRACKED_DEPTH))
+            })
+            .count() as u64
     }
 
     fn add(&self, fps: &[Seen]) {
@@ -237,7 +287,13 @@ mod tests {
             df.check(&[(9, 5), (9, 4), (9, 3)]).await.unwrap(),
             vec![true, true, false]
         );
-        df.add(&[(9, 3)]).await.unwrap();
+        assert_eq!(
+            df.add_counting_deeper(&[(9, 3), (8, 1), (9, 2)], 2)
+                .await
+                .unwrap(),
+            1,
+            "(9, 3) was added at 4 before; (8, 1) is new; (9, 2) is not asked"
+        );
         assert_eq!(df.check(&[(9, 3), (9, 6)]).await.unwrap(), vec![true, true]);
     }
 }

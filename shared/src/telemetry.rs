@@ -52,6 +52,8 @@ pub struct Metrics {
     pub links_found: Counter,
     /// Links that were new to the dupefilter and scheduled.
     pub links_new: Counter,
+    /// Of those, URLs scheduled before at a deeper depth (fetched again).
+    pub links_replanned: Counter,
     /// Items extracted.
     pub items_extracted: Counter,
     /// Items committed to the database.
@@ -106,6 +108,7 @@ impl Metrics {
             pages_parsed: Counter::default(),
             links_found: Counter::default(),
             links_new: Counter::default(),
+            links_replanned: Counter::default(),
             items_extracted: Counter::default(),
             items_stored: Counter::default(),
             batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
@@ -154,6 +157,11 @@ impl Metrics {
             "links_new",
             "Links new to the dupefilter",
             m.links_new.clone(),
+        );
+        r.register(
+            "links_replanned",
+            "URLs found again along a shorter path and scheduled again at that depth",
+            m.links_replanned.clone(),
         );
         r.register(
             "items_extracted",

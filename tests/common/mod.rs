@@ -286,29 +286,26 @@ impl Harness {
         extra_args: &[String],
         extra_env: &[(String, String)],
     ) -> Service {
-        let (name, log) = self.next_log(role.as_str());
-        let (mut args, mut env) = self.command(role.as_str(), &self.db.url());
-        args.extend(["--metrics-addr".to_string(), "127.0.0.1:0".to_string()]);
-        args.extend(extra_args.iter().cloned());
-        env.extend(extra_env.iter().cloned());
-        let service = Service::spawn(ServiceSpec {
-            name,
-            args,
-            env,
-            log,
-        });
-        self.services
-            .lock()
-            .expect("services")
-            .push(service.state());
-        service
+        self.spawn_service(role, &self.db.url(), extra_args, extra_env)
     }
 
     /// Starts a service whose database URL is `database_url` (e.g. through a proxy).
     pub fn spawn_with_database_url(&self, role: Role, database_url: &str) -> Service {
+        self.spawn_service(role, database_url, &[], &[])
+    }
+
+    fn spawn_service(
+        &self,
+        role: Role,
+        database_url: &str,
+        extra_args: &[String],
+        extra_env: &[(String, String)],
+    ) -> Service {
         let (name, log) = self.next_log(role.as_str());
-        let (mut args, env) = self.command(role.as_str(), database_url);
+        let (mut args, mut env) = self.command(role.as_str(), database_url);
         args.extend(["--metrics-addr".to_string(), "127.0.0.1:0".to_string()]);
+        args.extend(extra_args.iter().cloned());
+        env.extend(extra_env.iter().cloned());
         let service = Service::spawn(ServiceSpec {
             name,
             args,

@@ -7,6 +7,7 @@
 
 mod crawl;
 mod embedded;
+mod hosts;
 mod sink;
 
 use anyhow::Result;
@@ -50,6 +51,19 @@ enum Scenario {
     Memory {
         #[command(flatten)]
         crawl: CrawlArgs,
+    },
+    /// A broad crawl: many small polite sites on distinct loopback addresses, with 1
+    /// fetcher and with `--fetchers`, alternating.
+    Hosts {
+        #[arg(long, default_value_t = 500)]
+        hosts: usize,
+        /// Products per site.
+        #[arg(long, default_value_t = 20)]
+        pages: usize,
+        #[arg(long, default_value_t = 3)]
+        fetchers: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
     /// Every scenario with its defaults (memory with 200,000 pages, one run).
     All {
@@ -106,12 +120,19 @@ async fn main() -> Result<()> {
             slow_us_per_row,
         } => backpressure(&bins, &crawl, slow_us_per_row).await?,
         Scenario::Memory { crawl } => memory(&bins, &crawl).await?,
+        Scenario::Hosts {
+            hosts,
+            pages,
+            fetchers,
+            runs,
+        } => hosts::hosts(&bins, hosts, pages, fetchers, runs).await?,
         Scenario::All { runs } => {
             distributed(&bins, &CrawlArgs::with(20_000, runs)).await?;
             embedded(&bins, &CrawlArgs::with(20_000, runs)).await?;
             sink(&bins, 200_000, runs).await?;
             backpressure(&bins, &CrawlArgs::with(20_000, runs), 2000).await?;
             memory(&bins, &CrawlArgs::with(200_000, 1)).await?;
+            hosts::hosts(&bins, 500, 20, 3, runs).await?;
         }
     }
     Ok(())
