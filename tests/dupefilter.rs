@@ -18,7 +18,7 @@ async fn suite(df: Dupefilter, backend: &str) {
         "{backend}: seen at its depth and deeper, news at a shallower one"
     );
     let deeper = df
-        .add_counting_deeper(&[(a, 1), (b, 2), (c, 9)], 3)
+        .add_counting_deeper(&[(a, 1), (b, 2), (c, 9)], 3, 31)
         .await
         .unwrap();
     assert_eq!(

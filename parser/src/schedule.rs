@@ -42,6 +42,8 @@ pub struct Planner {
     pub partitions: u32,
     /// URL → politeness key.
     pub keys: HostKeys,
+    /// The spider's `max_depth`.
+    pub max_depth: u32,
 }
 
 impl Planner {
@@ -51,6 +53,7 @@ impl Planner {
             names: Names::new(&spider.name),
             partitions: spider.streams.partitions,
             keys: HostKeys::new(spider.politeness.per),
+            max_depth: spider.max_depth,
         }
     }
 
@@ -126,6 +129,9 @@ pub struct Dedup {
     pub dupefilter: Dupefilter,
     /// Metrics (links found / new).
     pub metrics: Metrics,
+    /// The spider's `max_depth`: nothing is scheduled deeper, so no depth beyond it
+    /// is asked about.
+    pub max_depth: u32,
 }
 
 impl Dedup {
@@ -156,7 +162,10 @@ impl Dedup {
         // Of the URLs sent, those scheduled before at a deeper depth (fetched again, so
         // that their links are followed to `max_depth` from the shorter path): asked in
         // the same round trip as the add.
-        let deeper = self.dupefilter.add_counting_deeper(&add, sent_now).await?;
+        let deeper = self
+            .dupefilter
+            .add_counting_deeper(&add, sent_now, self.max_depth)
+            .await?;
         self.metrics.links_replanned.inc_by(deeper);
         self.metrics.links_found.inc_by(found as u64);
         self.metrics.links_new.inc_by(sent.len() as u64);
@@ -170,6 +179,7 @@ impl Scheduler {
         let dedup = Dedup {
             dupefilter: self.dupefilter.clone(),
             metrics: self.metrics.clone(),
+            max_depth: self.planner.max_depth,
         };
         let mut fresh = dedup.fresh(&emit.requests).await?;
         fresh.extend(emit.forced.iter().cloned());
@@ -232,6 +242,7 @@ mod tests {
             names: Names::new("c"),
             partitions: 64,
             keys: HostKeys::new(per),
+            max_depth: 8,
         }
     }
 

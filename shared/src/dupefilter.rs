@@ -53,10 +53,16 @@ impl Dupefilter {
     }
 
     /// [`Dupefilter::add`], and count how many of the first `ask` were added before at
-    /// a deeper depth only: URLs scheduled again along a shorter path. One round trip.
-    pub async fn add_counting_deeper(&self, fps: &[Seen], ask: usize) -> Result<u64, Error> {
+    /// a deeper depth only (up to `deepest`, the deepest anything is scheduled at):
+    /// URLs scheduled again along a shorter path. One round trip.
+    pub async fn add_counting_deeper(
+        &self,
+        fps: &[Seen],
+        ask: usize,
+        deepest: u32,
+    ) -> Result<u64, Error> {
         match self {
-            Dupefilter::Redis(r) => r.add_counting_deeper(fps, ask).await,
+            Dupefilter::Redis(r) => r.add_counting_deeper(fps, ask, deepest).await,
             Dupefilter::Memory(m) => {
                 let deeper = m.deeper(&fps[..ask.min(fps.len())]);
                 m.add(fps);
@@ -151,19 +157,25 @@ impl RedisDupefilter {
         Ok(found.iter().map(|at| at.iter().any(|&x| x)).collect())
     }
 
-    async fn add_counting_deeper(&self, fps: &[Seen], ask: usize) -> Result<u64, Error> {
+    async fn add_counting_deeper(
+        &self,
+        fps: &[Seen],
+        ask: usize,
+        deepest: u32,
+    ) -> Result<u64, Error> {
         if fps.is_empty() {
             return Ok(0);
         }
+        let deepest = deepest.min(MAX_TRACKED_DEPTH);
         let mut pipe = redis::pipe();
         let asked: Vec<&Seen> = fps[..ask.min(fps.len())]
             .iter()
-            .filter(|(_, d)| *d < MAX_TRACKED_DEPTH)
+            .filter(|(_, d)| *d < deepest)
             .collect();
         // Asked before the adds, so an URL's own new member does not count.
         for &&(fp, depth) in &asked {
             let cmd = pipe.cmd("SMISMEMBER").arg(self.key(fp));
-            for d in depth + 1..=MAX_TRACKED_DEPTH {
+            for d in depth + 1..=deepest {
                 cmd.arg(member(fp, d));
             }
         }
@@ -288,7 +300,7 @@ mod tests {
             vec![true, true, false]
         );
         assert_eq!(
-            df.add_counting_deeper(&[(9, 3), (8, 1), (9, 2)], 2)
+            df.add_counting_deeper(&[(9, 3), (8, 1), (9, 2)], 2, 8)
                 .await
                 .unwrap(),
             1,

@@ -97,6 +97,7 @@ pub async fn run(opts: CrawlOptions, stop: CancellationToken) -> anyhow::Result<
     let dedup = Dedup {
         dupefilter: Dupefilter::Memory(MemoryDupefilter::default()),
         metrics: metrics.clone(),
+        max_depth: spider.spider.max_depth,
     };
     let planner = Planner::new(&spider.spider);
 
