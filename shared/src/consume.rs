@@ -323,6 +323,10 @@ async fn report_lag(
                 .consumer_ack_pending
                 .get_or_create(&labels)
                 .set(ack_pending);
+            let floor = i64::try_from(info.ack_floor.consumer_sequence).unwrap_or(i64::MAX);
+            metrics.consumer_ack_floor.get_or_create(&labels).set(floor);
+            let paused = i64::from(info.paused);
+            metrics.consumer_paused.get_or_create(&labels).set(paused);
         }
     }
 }

@@ -51,6 +51,8 @@ pub struct ConsumerStatus {
     pub waiting: usize,
     /// Messages acknowledged so far (the consumer's ack floor).
     pub acked: u64,
+    /// Paused by `jetcrawl pause`: the server delivers nothing until resumed.
+    pub paused: bool,
     /// Acks per second since the previous reading (`--watch`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_per_sec: Option<f64>,
@@ -129,6 +131,7 @@ pub async fn collect(js: &jetstream::Context, names: &Names) -> Result<Status, E
                 redelivered: i.num_redelivered,
                 waiting: i.num_waiting,
                 acked: i.ack_floor.consumer_sequence,
+                paused: i.paused,
                 rate_per_sec: None,
             },
             None => ConsumerStatus {
@@ -140,6 +143,7 @@ pub async fn collect(js: &jetstream::Context, names: &Names) -> Result<Status, E
                 redelivered: 0,
                 waiting: 0,
                 acked: 0,
+                paused: false,
                 rate_per_sec: None,
             },
         });
@@ -172,9 +176,10 @@ impl fmt::Display for Status {
                 let rate = c
                     .rate_per_sec
                     .map_or("-".to_string(), |r| format!("{r:.1}"));
+                let paused = if c.paused { "  PAUSED" } else { "" };
                 writeln!(
                     f,
-                    "{:<34} {:<8} {:>10} {:>11} {:>11} {:>8} {:>10}",
+                    "{:<34} {:<8} {:>10} {:>11} {:>11} {:>8} {:>10}{paused}",
                     c.stream, c.name, c.pending, c.ack_pending, c.redelivered, c.waiting, rate
                 )?;
             } else {
