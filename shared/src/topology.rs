@@ -308,8 +308,10 @@ async fn create_consumer(
         .map_err(|e| Error::js("create consumer", e))
 }
 
-/// A consumer paused by `jetcrawl pause` stays paused when a stage (re)creates it: an
-/// update whose config has no pause deadline would resume it.
+/// A consumer paused by `jetcrawl pause` stays paused when a stage (re)creates it.
+/// nats-server 2.15 already keeps a pause through an update without a deadline
+/// (`tests/ops.rs` restarts a paused sink with a changed consumer setting); carrying
+/// the deadline over here keeps that true whatever the server version does.
 async fn keep_pause(stream: &stream::Stream, config: &mut pull::Config) {
     let Some(name) = config.durable_name.clone() else {
         return;
