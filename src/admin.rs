@@ -16,9 +16,14 @@ pub async fn init(
 ) -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(nats);
     topology::ensure_streams(&js, &spider.spider).await?;
-    for role in [Role::Seeds, Role::Fetcher, Role::Parser, Role::Sink] {
+    for role in [Role::Seeds, Role::Parser, Role::Sink] {
         topology::ensure_consumer(&js, &spider.spider, role, 10_000).await?;
     }
+    topology::retire_shared_fetcher_consumer(&js, &spider.spider).await;
+    for p in 0..spider.spider.streams.partitions {
+        topology::ensure_partition_consumer(&js, &spider.spider, p, 256).await?;
+    }
+    jetcrawl_shared::presence::bucket(&js, &spider.spider).await?;
     if let Some(url) = database_url {
         jetcrawl_sink::Store::connect_lazy(&url)?.migrate().await?;
     }
@@ -64,10 +69,9 @@ pub async fn status(
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(nats);
-    let names = Names::new(spider.name());
     let mut previous: Option<(status::Status, std::time::Instant)> = None;
     loop {
-        let mut st = status::collect(&js, &names).await?;
+        let mut st = status::collect(&js, &spider.spider).await?;
         let now = std::time::Instant::now();
         if let Some((prev, at)) = &previous {
             st = st.with_rates(prev, now.duration_since(*at).as_secs_f64());

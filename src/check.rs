@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use bytes::Bytes;
 use url::Url;
 
-use jetcrawl_fetcher::{FetchOutcome, Fetcher};
+use jetcrawl_fetcher::{FetchOutcome, Fetcher, FetcherOptions};
 use jetcrawl_parser::Rules;
 use jetcrawl_shared::canon::{self, url_fingerprint};
 use jetcrawl_shared::message::{CrawlRequest, Page};
@@ -126,7 +126,11 @@ fn status_text(page: &Page) -> String {
 async fn fetch(spider: &CompiledSpider, url: &Url) -> anyhow::Result<Page> {
     let mut spider = spider.clone();
     spider.spider.http.max_tries = 1;
-    let fetcher = Fetcher::new(Arc::new(spider), usize::MAX, Metrics::new())?;
+    let options = FetcherOptions::bounded_by_caller(
+        usize::MAX,
+        spider.spider.politeness.concurrency_per_host,
+    );
+    let fetcher = Fetcher::new(Arc::new(spider), options, Metrics::new())?;
     let req = CrawlRequest {
         url: url.to_string(),
         depth: 0,
@@ -134,13 +138,16 @@ async fn fetch(spider: &CompiledSpider, url: &Url) -> anyhow::Result<Page> {
         not_before_ms: None,
         page_id: None,
         last_error: None,
+        key: None,
     };
-    match fetcher.fetch(&req).await {
+    match fetcher.fetch(&req, None).await {
         FetchOutcome::Page(page) => Ok(*page),
         FetchOutcome::Retry { request, .. } => {
             bail!("fetching {url}: {}", request.last_error.unwrap_or_default())
         }
-        FetchOutcome::Busy(_) => bail!("fetching {url}: host busy"),
+        FetchOutcome::Later(_) | FetchOutcome::Revoked => {
+            bail!("fetching {url}: the host or its robots.txt cannot be reached now")
+        }
         FetchOutcome::Invalid(reason) => bail!("fetching {url}: {reason}"),
     }
 }

@@ -19,9 +19,16 @@ use crate::Common;
 pub struct FetcherArgs {
     #[command(flatten)]
     common: Common,
-    /// Requests in flight in this process.
+    /// Requests in flight in this process (all hosts together).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Requests held per owned frontier partition, waiting for their host or in flight;
+    /// beyond it the fetcher stops pulling that partition.
+    #[arg(long, env = "JETCRAWL_WINDOW", default_value_t = 256)]
+    window: usize,
+    /// Source address for outgoing HTTP connections (a host with several addresses).
+    #[arg(long, env = "JETCRAWL_LOCAL_ADDRESS")]
+    local_address: Option<std::net::IpAddr>,
 }
 
 /// `jetcrawl parser`'s flags.
@@ -63,6 +70,8 @@ pub async fn fetcher(args: FetcherArgs, stop: CancellationToken) -> anyhow::Resu
         nats: s.nats,
         metrics: s.metrics,
         concurrency: args.concurrency,
+        window: args.window,
+        local_address: args.local_address,
     };
     run_stage(
         &args.common,

@@ -9,9 +9,9 @@ pub fn stream_name(crawl: &str, kind: &str) -> String {
 }
 
 /// The durable consumers whose lag decides whether a crawl is finished:
-/// (stream kind, consumer name).
+/// (stream kind, consumer name). The fetchers' partition consumers need no look: FRONTIER
+/// is a work queue, so an empty FRONTIER means none of them has anything left.
 pub const CONSUMERS: &[(&str, &str)] = &[
-    ("FRONTIER", "fetcher"),
     ("FRONTIER", "seeds"),
     ("PAGES", "parser"),
     ("ITEMS", "sink"),

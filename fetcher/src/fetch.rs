@@ -9,6 +9,7 @@ use chrono::Utc;
 use url::Url;
 
 use jetcrawl_shared::canon::{self, host_in_scope, url_fingerprint};
+use jetcrawl_shared::hostkey::HostKeys;
 use jetcrawl_shared::message::{CrawlRequest, Page};
 use jetcrawl_shared::telemetry::Metrics;
 use jetcrawl_shared::CompiledSpider;
@@ -16,8 +17,9 @@ use jetcrawl_shared::CompiledSpider;
 use crate::charset::{decode_body_for_url, is_textual};
 use crate::error::FetchError;
 use crate::http::{HttpClient, HttpConfig};
+use crate::lease::Lease;
 use crate::politeness::{Backlog, Politeness, PolitenessConfig};
-use crate::robots::RobotsCache;
+use crate::robots::{RobotsCache, RobotsVerdict};
 
 /// What became of one request.
 #[derive(Debug)]
@@ -31,10 +33,43 @@ pub enum FetchOutcome {
         /// The backoff chosen.
         delay: Duration,
     },
-    /// The host has too many requests waiting in this process; hand it back.
-    Busy(Duration),
+    /// Not now, and no try counted: the host cannot take it soon, or its robots.txt
+    /// is unreachable. Try again after this long.
+    Later(Duration),
+    /// This fetcher's lease on the request's partition ended before the request
+    /// started: another fetcher owns the host now. Hand the request back.
+    Revoked,
     /// The request can never be fetched (its URL does not parse): dead-letter it.
     Invalid(String),
+}
+
+/// How a fetcher process is set up besides the spider.
+#[derive(Debug, Clone)]
+pub struct FetcherOptions {
+    /// Bounds bodies further (the transport's largest message, for instance).
+    pub body_cap: usize,
+    /// Requests in flight in this process, all hosts together.
+    pub max_in_flight: usize,
+    /// Requests that may wait for one host; more come back as [`FetchOutcome::Later`].
+    pub max_waiting: Option<u32>,
+    /// A request expected to wait longer for its host comes back as `Later`.
+    pub max_wait: Option<Duration>,
+    /// Source address for outgoing connections.
+    pub local_address: Option<std::net::IpAddr>,
+}
+
+impl FetcherOptions {
+    /// For a process whose caller bounds its own fetches (embedded mode, `check`): a
+    /// host with a long queue hands requests back rather than hold the caller's slots.
+    pub fn bounded_by_caller(body_cap: usize, concurrency_per_host: u32) -> Self {
+        FetcherOptions {
+            body_cap,
+            max_in_flight: usize::MAX,
+            max_waiting: Some((concurrency_per_host * 4).max(8)),
+            max_wait: None,
+            local_address: None,
+        }
+    }
 }
 
 /// Stage logic shared by every fetcher: owns the HTTP client, robots cache and
@@ -45,15 +80,15 @@ pub struct Fetcher {
     http: HttpClient,
     robots: Option<RobotsCache>,
     politeness: Politeness,
+    keys: HostKeys,
     metrics: Metrics,
 }
 
 impl Fetcher {
-    /// Build from the spider. `body_cap` bounds bodies further (the transport's
-    /// largest message, for instance).
+    /// Build from the spider.
     pub fn new(
         spider: Arc<CompiledSpider>,
-        body_cap: usize,
+        opts: FetcherOptions,
         metrics: Metrics,
     ) -> Result<Self, FetchError> {
         let s = &spider.spider;
@@ -72,27 +107,31 @@ impl Fetcher {
             read_timeout: Duration::from_millis(s.http.read_timeout_ms),
             total_timeout: Duration::from_millis(s.http.timeout_ms),
             max_redirects: s.http.max_redirects,
-            max_body_bytes: s.http.max_body_bytes.min(body_cap),
+            max_body_bytes: s.http.max_body_bytes.min(opts.body_cap),
             max_header_bytes: s.http.max_header_bytes,
             allow_private_networks: s.allow_private_networks,
             allowed_hosts,
+            local_address: opts.local_address,
         })?;
+        let politeness = Politeness::new(PolitenessConfig {
+            delay: Duration::from_millis(s.politeness.delay_ms),
+            concurrency: s.politeness.concurrency_per_host,
+            autothrottle: s.politeness.autothrottle,
+            max_in_flight: opts.max_in_flight.max(1),
+            max_waiting: opts.max_waiting,
+            max_wait: opts.max_wait,
+        });
         let robots = s.obey_robots.then(|| {
             RobotsCache::new(
                 http.clone(),
                 s.user_agent.clone(),
                 10_000,
                 Duration::from_secs(24 * 3600),
+                Some(politeness.clone()),
             )
         });
-        let concurrency = s.politeness.concurrency_per_host;
-        let politeness = Politeness::new(PolitenessConfig {
-            delay: Duration::from_millis(s.politeness.delay_ms),
-            concurrency,
-            autothrottle: s.politeness.autothrottle,
-            max_waiting: (concurrency * 4).max(8),
-        });
         Ok(Fetcher {
+            keys: HostKeys::new(s.politeness.per),
             spider,
             http,
             robots,
@@ -101,8 +140,23 @@ impl Fetcher {
         })
     }
 
-    /// Fetch one request.
-    pub async fn fetch(&self, req: &CrawlRequest) -> FetchOutcome {
+    /// The per-host gatekeeper (a fetcher handing a partition over asks it when the
+    /// partition's hosts are quiet).
+    pub fn politeness(&self) -> &Politeness {
+        &self.politeness
+    }
+
+    /// The politeness key of a request: carried by it (`per = "ip"`), or derived.
+    pub async fn key_of(&self, req: &CrawlRequest, url: &Url) -> String {
+        match &req.key {
+            Some(key) => key.clone(),
+            None => self.keys.key(url).await,
+        }
+    }
+
+    /// Fetch one request. With a `lease`, nothing is sent to the host unless the
+    /// lease on its partition still holds at that moment.
+    pub async fn fetch(&self, req: &CrawlRequest, lease: Option<&Lease>) -> FetchOutcome {
         let started = tokio::time::Instant::now();
         let url = match Url::parse(&req.url) {
             Ok(url) => url,
@@ -110,33 +164,77 @@ impl Fetcher {
                 return FetchOutcome::Invalid(FetchError::InvalidUrl(e.to_string()).to_string())
             }
         };
+        let key = self.key_of(req, &url).await;
+        let holds = || lease.is_none_or(Lease::holds);
+        // Waits (robots.txt, the host's turn) end when the lease does; a request
+        // already sent is not abandoned.
+        let revoked = async {
+            match lease {
+                Some(lease) => lease.revoked.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(revoked);
         let mut crawl_delay = None;
         if let Some(robots) = &self.robots {
-            let verdict = robots.check(&url).await;
-            if !verdict.allowed {
-                self.metrics.robots_denied.inc();
-                return FetchOutcome::Page(Box::new(self.record(
-                    req,
-                    &url,
-                    RecordError {
-                        kind: "robots",
-                        message: "disallowed by robots.txt".into(),
-                    },
-                    started.elapsed(),
-                )));
+            if !holds() {
+                return FetchOutcome::Revoked;
             }
-            crawl_delay = verdict.crawl_delay;
+            let verdict = tokio::select! {
+                v = robots.check(&url, &key) => v,
+                _ = &mut revoked => return FetchOutcome::Revoked,
+            };
+            match verdict {
+                RobotsVerdict::Allowed { crawl_delay: d } => crawl_delay = d,
+                RobotsVerdict::Disallowed => {
+                    self.metrics.robots_denied.inc();
+                    return FetchOutcome::Page(Box::new(self.record(
+                        req,
+                        &url,
+                        RecordError {
+                            kind: "robots",
+                            message: "disallowed by robots.txt".into(),
+                        },
+                        started.elapsed(),
+                    )));
+                }
+                RobotsVerdict::Unavailable { retry_in, reason } => {
+                    self.metrics.robots_deferred.inc();
+                    tracing::debug!(
+                        reason,
+                        retry_in_ms = retry_in.as_millis() as u64,
+                        "robots.txt unavailable; request deferred"
+                    );
+                    return FetchOutcome::Later(retry_in.max(Duration::from_millis(100)));
+                }
+            }
         }
-        let host = url.host_str().unwrap_or_default().to_string();
-        let permit = match self.politeness.acquire(&host, crawl_delay).await {
-            Ok(p) => p,
-            Err(Backlog { retry_after }) => return FetchOutcome::Busy(retry_after),
+        let acquired = tokio::select! {
+            p = self.politeness.acquire(&key, crawl_delay, req.depth) => p,
+            _ = &mut revoked => return FetchOutcome::Revoked,
         };
+        let mut permit = match acquired {
+            Ok(p) => p,
+            Err(Backlog { retry_after }) => return FetchOutcome::Later(retry_after),
+        };
+        // The last moment before anything goes to the host.
+        if !holds() {
+            return FetchOutcome::Revoked;
+        }
         let fetch_started = tokio::time::Instant::now();
         let result = self.http.get(&url).await;
-        permit.finish(fetch_started.elapsed());
         let tries = req.tries.saturating_add(1);
         let max_tries = self.spider.spider.http.max_tries;
+        if let Ok(resp) = &result {
+            // The host asked for less: slow down for all its URLs, not only this one.
+            if matches!(resp.status, 429 | 503) {
+                let pause = resp
+                    .retry_after
+                    .unwrap_or_else(|| self.spider.spider.http.backoff(tries));
+                permit.back_off(pause);
+            }
+        }
+        permit.finish(fetch_started.elapsed());
         match result {
             Ok(resp) => {
                 let retryable = matches!(resp.status, 408 | 429 | 500..=599);

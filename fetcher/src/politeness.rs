@@ -1,17 +1,25 @@
-//! Per-host politeness inside one fetcher: a minimum delay between request starts,
-//! a cap on concurrent requests, Crawl-delay, and autothrottle from observed latency.
-//! A host with a long queue refuses more waiters, so the caller hands the request back
-//! to the stream (delayed nak) instead of holding it in memory.
+//! Per-host politeness inside the fetcher that owns the host: a queue of waiting
+//! requests per host (shallowest first), a ready-time heap of hosts, a minimum delay
+//! between request starts, a cap on requests in flight per host and in all, Crawl-delay,
+//! back-off after 429/503, and autothrottle from observed latency.
+//!
+//! One driver task hands out slots: when a host's next start time comes and it has a
+//! free slot (and the process has one), its best waiter gets a [`HostPermit`]. A
+//! request whose wait would be too long is refused with [`Backlog`], so the caller can
+//! put it back in the frontier instead of holding it.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-/// Hosts remembered before idle ones are pruned.
-const PRUNE_FLOOR: usize = 10_000;
+/// Hosts idle this long (nothing waiting, nothing in flight) are forgotten.
+const IDLE_FORGET: Duration = Duration::from_secs(600);
+/// The longest delay between two starts, whatever Crawl-delay or latency say.
+const MAX_DELAY: Duration = Duration::from_secs(60);
 
 /// Politeness settings for every host.
 #[derive(Debug, Clone)]
@@ -22,81 +30,127 @@ pub struct PolitenessConfig {
     pub concurrency: u32,
     /// Follow observed latency: delay >= latency / concurrency.
     pub autothrottle: bool,
+    /// Requests in flight to all hosts together.
+    pub max_in_flight: usize,
     /// Requests that may wait for one host; more are refused with [`Backlog`].
-    pub max_waiting: u32,
+    pub max_waiting: Option<u32>,
+    /// A request whose expected wait is longer is refused with [`Backlog`].
+    pub max_wait: Option<Duration>,
 }
 
-/// Gatekeeper for all hosts of one process.
-#[derive(Clone)]
-pub struct Politeness {
-    cfg: PolitenessConfig,
-    hosts: Arc<Mutex<HashMap<String, HostState>>>,
-    /// Host count at which idle hosts are next pruned (doubles when pruning frees
-    /// little, so a broad crawl does not rescan the map on every request).
-    prune_at: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-struct HostState {
-    next_start: Instant,
-    in_flight: u32,
-    waiting: u32,
-    latency: Option<Duration>,
-    released: Arc<Notify>,
-    last_used: Instant,
-}
-
-/// The host has more waiters than allowed; try again after `retry_after`.
+/// The host cannot take this request soon; try again after `retry_after`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backlog {
     /// A guess of when a slot will be free.
     pub retry_after: Duration,
 }
 
+/// Gatekeeper for all hosts of one process. Cheap to clone.
+#[derive(Clone)]
+pub struct Politeness {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    cfg: PolitenessConfig,
+    state: Mutex<State>,
+    /// Wakes the driver: a waiter arrived, a slot was released.
+    wake: Notify,
+    driver: std::sync::Once,
+}
+
+#[derive(Default)]
+struct State {
+    hosts: HashMap<String, Host>,
+    /// Hosts with waiters, by the time they can start next. Entries whose time no
+    /// longer matches the host's `scheduled` are stale and skipped.
+    timers: BinaryHeap<Reverse<(Instant, String)>>,
+    in_flight: usize,
+    seq: u64,
+}
+
+struct Host {
+    next_start: Instant,
+    in_flight: u32,
+    latency: Option<Duration>,
+    crawl_delay: Option<Duration>,
+    waiters: BinaryHeap<Waiter>,
+    scheduled: Option<Instant>,
+    last_used: Instant,
+}
+
+struct Waiter {
+    priority: u32,
+    seq: u64,
+    tx: oneshot::Sender<HostPermit>,
+}
+
+impl PartialEq for Waiter {
+    fn eq(&self, other: &Self) -> bool {
+        (self.priority, self.seq) == (other.priority, other.seq)
+    }
+}
+impl Eq for Waiter {}
+impl PartialOrd for Waiter {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Waiter {
+    /// The heap's top is the lowest priority value (shallowest), then the earliest.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.priority, other.seq).cmp(&(self.priority, self.seq))
+    }
+}
+
 /// A slot for one request to one host; frees itself on drop.
 pub struct HostPermit {
-    host: String,
-    hosts: Arc<Mutex<HashMap<String, HostState>>>,
-    autothrottle: bool,
-    started: Instant,
+    key: String,
+    shared: Weak<Shared>,
+    latency: Option<Duration>,
+    back_off: Option<Duration>,
 }
 
 impl HostPermit {
     /// Report the request's latency (autothrottle learns from it).
-    pub fn finish(self, latency: Duration) {
-        if self.autothrottle {
-            let mut hosts = lock(&self.hosts);
-            if let Some(st) = hosts.get_mut(&self.host) {
-                st.latency = Some(match st.latency {
-                    // Exponential moving average, weight 1/4 on the new sample.
-                    Some(old) => (old * 3 + latency) / 4,
-                    None => latency,
-                });
-            }
-        }
+    pub fn finish(mut self, latency: Duration) {
+        self.latency = Some(latency);
+    }
+
+    /// The host asked us to slow down (429, 503, Retry-After): start nothing there
+    /// for this long.
+    pub fn back_off(&mut self, pause: Duration) {
+        self.back_off = Some(pause);
     }
 }
 
 impl Drop for HostPermit {
     fn drop(&mut self) {
-        let mut hosts = lock(&self.hosts);
-        if let Some(st) = hosts.get_mut(&self.host) {
-            st.in_flight = st.in_flight.saturating_sub(1);
-            st.last_used = Instant::now().max(self.started);
-            st.released.notify_one();
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        {
+            let mut state = lock(&shared.state);
+            state.in_flight = state.in_flight.saturating_sub(1);
+            let now = Instant::now();
+            let autothrottle = shared.cfg.autothrottle;
+            if let Some(host) = state.hosts.get_mut(&self.key) {
+                host.in_flight = host.in_flight.saturating_sub(1);
+                host.last_used = now;
+                if let (true, Some(latency)) = (autothrottle, self.latency) {
+                    host.latency = Some(match host.latency {
+                        // Exponential moving average, weight 1/4 on the new sample.
+                        Some(old) => (old * 3 + latency) / 4,
+                        None => latency,
+                    });
+                }
+                if let Some(pause) = self.back_off {
+                    host.next_start = host.next_start.max(now + pause.min(MAX_DELAY * 60));
+                }
+            }
+            schedule(&mut state, &self.key, now);
         }
-    }
-}
-
-struct Waiter {
-    host: String,
-    hosts: Arc<Mutex<HashMap<String, HostState>>>,
-}
-
-impl Drop for Waiter {
-    fn drop(&mut self) {
-        if let Some(st) = lock(&self.hosts).get_mut(&self.host) {
-            st.waiting = st.waiting.saturating_sub(1);
-        }
+        shared.wake.notify_one();
     }
 }
 
@@ -104,213 +158,283 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Put `key` on the timer heap at its next start, if it has waiters and a free slot
+/// and is not there already at that time.
+fn schedule(state: &mut State, key: &str, now: Instant) {
+    let Some(host) = state.hosts.get_mut(key) else {
+        return;
+    };
+    if host.waiters.is_empty() {
+        host.scheduled = None;
+        return;
+    }
+    let at = host.next_start.max(now);
+    if host.scheduled.is_some_and(|s| s <= at) {
+        return;
+    }
+    host.scheduled = Some(at);
+    state.timers.push(Reverse((at, key.to_string())));
+}
+
 impl Politeness {
     /// A gatekeeper with these settings.
     pub fn new(cfg: PolitenessConfig) -> Self {
         Politeness {
-            cfg,
-            hosts: Arc::new(Mutex::new(HashMap::new())),
-            prune_at: Arc::new(std::sync::atomic::AtomicUsize::new(PRUNE_FLOOR)),
+            shared: Arc::new(Shared {
+                cfg,
+                state: Mutex::new(State::default()),
+                wake: Notify::new(),
+                driver: std::sync::Once::new(),
+            }),
         }
     }
 
-    /// Wait for a slot for `host`, honouring `crawl_delay` if the host asked for one.
+    /// The settings.
+    pub fn config(&self) -> &PolitenessConfig {
+        &self.shared.cfg
+    }
+
+    /// Wait for a slot for host `key`, honouring `crawl_delay` if the host asked for
+    /// one. Waiters with a lower `priority` (depth) go first, then the earliest.
     pub async fn acquire(
         &self,
-        host: &str,
+        key: &str,
         crawl_delay: Option<Duration>,
+        priority: u32,
     ) -> Result<HostPermit, Backlog> {
-        // Counts this call among the host's waiters until it gets a slot or is dropped.
-        let mut waiter: Option<Waiter> = None;
-        loop {
-            let (wait, released) = {
-                let mut hosts = lock(&self.hosts);
-                let now = Instant::now();
-                let prune_at = self.prune_at.load(std::sync::atomic::Ordering::Relaxed);
-                if hosts.len() > prune_at {
-                    // Forget hosts idle for ten minutes, so memory follows the active set.
-                    hosts.retain(|_, st| {
-                        st.in_flight > 0
-                            || st.waiting > 0
-                            || now.duration_since(st.last_used) < Duration::from_secs(600)
-                    });
-                    self.prune_at.store(
-                        (hosts.len() * 2).max(PRUNE_FLOOR),
-                        std::sync::atomic::Ordering::Relaxed,
-                    );
-                }
-                let st = hosts.entry(host.to_string()).or_insert_with(|| HostState {
-                    next_start: now,
-                    in_flight: 0,
-                    waiting: 0,
-                    latency: None,
-                    released: Arc::new(Notify::new()),
-                    last_used: now,
-                });
-                let delay = self.effective_delay(st, crawl_delay);
-                if st.in_flight < self.cfg.concurrency && now >= st.next_start {
-                    st.in_flight += 1;
-                    st.next_start = now + delay;
-                    st.last_used = now;
-                    drop(hosts);
-                    drop(waiter);
-                    return Ok(HostPermit {
-                        host: host.to_string(),
-                        hosts: self.hosts.clone(),
-                        autothrottle: self.cfg.autothrottle,
-                        started: now,
-                    });
-                }
-                if waiter.is_none() {
-                    if st.waiting >= self.cfg.max_waiting {
-                        let per_slot =
-                            delay.max(st.latency.unwrap_or_default() / self.cfg.concurrency.max(1));
-                        let ahead = st.waiting + st.in_flight;
-                        let retry_after = (per_slot * ahead).max(Duration::from_millis(500));
-                        return Err(Backlog { retry_after });
-                    }
-                    st.waiting += 1;
-                    waiter = Some(Waiter {
-                        host: host.to_string(),
-                        hosts: self.hosts.clone(),
-                    });
-                }
-                let wait = if st.in_flight >= self.cfg.concurrency {
-                    // Woken by a release; the timeout only guards against a lost wakeup.
-                    Duration::from_secs(1)
-                } else {
-                    st.next_start.saturating_duration_since(now)
-                };
-                (wait, st.released.clone())
-            };
-            tokio::select! {
-                _ = released.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
+        self.start_driver();
+        let cfg = &self.shared.cfg;
+        let rx = {
+            let mut state = lock(&self.shared.state);
+            let now = Instant::now();
+            let global_free = state.in_flight < cfg.max_in_flight;
+            let host = state.hosts.entry(key.to_string()).or_insert_with(|| Host {
+                next_start: now,
+                in_flight: 0,
+                latency: None,
+                crawl_delay: None,
+                waiters: BinaryHeap::new(),
+                scheduled: None,
+                last_used: now,
+            });
+            if crawl_delay.is_some() {
+                host.crawl_delay = crawl_delay;
             }
-        }
-    }
-
-    fn effective_delay(&self, st: &HostState, crawl_delay: Option<Duration>) -> Duration {
-        let mut delay = self.cfg.delay.max(crawl_delay.unwrap_or_default());
-        if self.cfg.autothrottle {
-            if let Some(latency) = st.latency {
-                delay = delay.max(latency / self.cfg.concurrency.max(1));
+            if host.waiters.is_empty()
+                && global_free
+                && host.in_flight < cfg.concurrency
+                && host.next_start <= now
+            {
+                return Ok(self.grant(&mut state, key, now));
             }
-        }
-        delay.min(Duration::from_secs(60))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn gate(delay_ms: u64, concurrency: u32, max_waiting: u32) -> Politeness {
-        Politeness::new(PolitenessConfig {
-            delay: Duration::from_millis(delay_ms),
-            concurrency,
-            autothrottle: false,
-            max_waiting,
+            if let Some(backlog) = self.refusal(host, now, priority) {
+                return Err(backlog);
+            }
+            let (tx, rx) = oneshot::channel();
+            state.seq += 1;
+            let seq = state.seq;
+            if let Some(host) = state.hosts.get_mut(key) {
+                host.waiters.push(Waiter { priority, seq, tx });
+                if host.in_flight < cfg.concurrency {
+                    schedule(&mut state, key, now);
+                }
+            }
+            rx
+        };
+        self.shared.wake.notify_one();
+        // The driver sends the permit; if this future is dropped first, the permit
+        // is dropped with the channel and frees its slot.
+        rx.await.map_err(|_| Backlog {
+            retry_after: Duration::from_secs(1),
         })
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn delay_spaces_request_starts_per_host() {
-        let p = gate(250, 4, 100);
-        let t0 = Instant::now();
-        let mut starts = Vec::new();
-        for _ in 0..4 {
-            let permit = p.acquire("a.test", None).await.unwrap();
-            starts.push(t0.elapsed());
-            drop(permit);
+    /// Whether a new waiter at `priority` would wait too long (or too many wait
+    /// already). Only the waiters that go before it count.
+    fn refusal(&self, host: &mut Host, now: Instant, priority: u32) -> Option<Backlog> {
+        let cfg = &self.shared.cfg;
+        if cfg.max_waiting.is_none() && cfg.max_wait.is_none() {
+            return None;
         }
-        assert_eq!(
-            starts,
-            vec![
-                Duration::ZERO,
-                Duration::from_millis(250),
-                Duration::from_millis(500),
-                Duration::from_millis(750)
-            ]
-        );
-        // Another host is not held back by the first one's delay.
-        let before = Instant::now();
-        let _b = p.acquire("b.test", None).await.unwrap();
-        assert_eq!(before.elapsed(), Duration::ZERO);
+        host.waiters.retain(|w| !w.tx.is_closed());
+        let per_start = effective_delay(cfg, host)
+            .max(host.latency.unwrap_or_default() / cfg.concurrency.max(1));
+        let ahead = host
+            .waiters
+            .iter()
+            .filter(|w| w.priority <= priority)
+            .count() as u32;
+        let rounds = (ahead + host.in_flight) / cfg.concurrency.max(1);
+        let expected = host.next_start.saturating_duration_since(now) + per_start * rounds;
+        let too_many = cfg
+            .max_waiting
+            .is_some_and(|max| host.waiters.len() as u32 >= max);
+        let too_long = cfg.max_wait.is_some_and(|max| expected > max);
+        (too_many || too_long).then(|| Backlog {
+            retry_after: expected.max(Duration::from_millis(500)),
+        })
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn crawl_delay_wins_when_longer() {
-        let p = gate(100, 1, 100);
-        drop(
-            p.acquire("a.test", Some(Duration::from_secs(2)))
-                .await
-                .unwrap(),
-        );
-        let t = Instant::now();
-        drop(
-            p.acquire("a.test", Some(Duration::from_secs(2)))
-                .await
-                .unwrap(),
-        );
-        assert_eq!(t.elapsed(), Duration::from_secs(2));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn concurrency_caps_in_flight_and_release_wakes_waiter() {
-        let p = gate(0, 2, 100);
-        let a = p.acquire("h", None).await.unwrap();
-        let _b = p.acquire("h", None).await.unwrap();
-        let p2 = p.clone();
-        let waiter =
-            tokio::spawn(async move { p2.acquire("h", None).await.map(|_| Instant::now()) });
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(!waiter.is_finished(), "third request must wait for a slot");
-        let released_at = Instant::now();
-        drop(a);
-        let got = waiter.await.unwrap().unwrap();
-        assert_eq!(got, released_at);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn long_backlog_is_refused_not_queued() {
-        let p = gate(1_000, 1, 2);
-        let _first = p.acquire("h", None).await.unwrap();
-        let mut waiters = Vec::new();
-        for _ in 0..2 {
-            let p = p.clone();
-            waiters.push(tokio::spawn(
-                async move { p.acquire("h", None).await.is_ok() },
-            ));
+    fn grant(&self, state: &mut State, key: &str, now: Instant) -> HostPermit {
+        state.in_flight += 1;
+        if let Some(host) = state.hosts.get_mut(key) {
+            host.in_flight += 1;
+            host.next_start = now + effective_delay(&self.shared.cfg, host);
+            host.last_used = now;
         }
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        let refused = p
-            .acquire("h", None)
-            .await
-            .err()
-            .expect("third waiter is refused");
-        assert!(refused.retry_after >= Duration::from_secs(1));
+        HostPermit {
+            key: key.to_string(),
+            shared: Arc::downgrade(&self.shared),
+            latency: None,
+            back_off: None,
+        }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn autothrottle_follows_latency() {
-        let p = Politeness::new(PolitenessConfig {
-            delay: Duration::from_millis(10),
-            concurrency: 1,
-            autothrottle: true,
-            max_waiting: 10,
+    /// When every host that `matches` will be quiet (nothing waiting or in flight,
+    /// and its delay since the last start passed); `None` while one is still busy.
+    /// A fetcher handing a partition over waits for this, so the next owner's first
+    /// request keeps the delay after this one's last.
+    pub fn quiet_at(&self, matches: impl Fn(&str) -> bool) -> Option<Instant> {
+        let state = lock(&self.shared.state);
+        let mut at = Instant::now();
+        for (key, host) in &state.hosts {
+            if !matches(key) {
+                continue;
+            }
+            if host.in_flight > 0 || host.waiters.iter().any(|w| !w.tx.is_closed()) {
+                return None;
+            }
+            at = at.max(host.next_start.min(Instant::now() + MAX_DELAY));
+        }
+        Some(at)
+    }
+
+    /// Hosts with requests waiting, and the requests waiting, in this process.
+    pub fn queued(&self) -> (usize, usize) {
+        let state = lock(&self.shared.state);
+        state
+            .hosts
+            .values()
+            .filter(|h| !h.waiters.is_empty())
+            .fold((0, 0), |(hosts, reqs), h| {
+                (hosts + 1, reqs + h.waiters.len())
+            })
+    }
+
+    fn start_driver(&self) {
+        let weak = Arc::downgrade(&self.shared);
+        self.shared.driver.call_once(|| {
+            tokio::spawn(drive(weak));
         });
-        p.acquire("h", None)
-            .await
-            .unwrap()
-            .finish(Duration::from_secs(3));
-        let t = Instant::now();
-        drop(p.acquire("h", None).await.unwrap());
-        // The previous start scheduled the next at +10ms (no latency known yet).
-        assert!(t.elapsed() <= Duration::from_millis(10));
-        let t = Instant::now();
-        drop(p.acquire("h", None).await.unwrap());
-        assert_eq!(t.elapsed(), Duration::from_secs(3));
     }
 }
+
+fn effective_delay(cfg: &PolitenessConfig, host: &Host) -> Duration {
+    let mut delay = cfg.delay.max(host.crawl_delay.unwrap_or_default());
+    if cfg.autothrottle {
+        if let Some(latency) = host.latency {
+            delay = delay.max(latency / cfg.concurrency.max(1));
+        }
+    }
+    delay.min(MAX_DELAY)
+}
+
+/// The driver: grants slots as hosts come due, until the gatekeeper is dropped.
+async fn drive(shared: Weak<Shared>) {
+    let mut last_prune = Instant::now();
+    loop {
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        let mut undelivered = Vec::new();
+        let next = {
+            let mut state = lock(&strong.state);
+            let now = Instant::now();
+            if now.duration_since(last_prune) > Duration::from_secs(60) {
+                last_prune = now;
+                state.hosts.retain(|_, h| {
+                    h.in_flight > 0
+                        || !h.waiters.is_empty()
+                        || now.duration_since(h.last_used) < IDLE_FORGET
+                });
+            }
+            grant_due(&strong, &mut state, now, &mut undelivered)
+        };
+        // A permit whose waiter went away frees its slot here, outside the lock.
+        drop(undelivered);
+        let wake = strong.clone();
+        drop(strong);
+        let sleep = match next {
+            Some(at) => tokio::time::sleep_until(at),
+            None => tokio::time::sleep(Duration::from_secs(3600)),
+        };
+        tokio::select! {
+            _ = wake.wake.notified() => {}
+            _ = sleep => {}
+        }
+    }
+}
+
+/// Grant every slot that is due; returns when the next host comes due (`None`: none
+/// is, or the process is at its in-flight cap and waits for a release).
+fn grant_due(
+    shared: &Arc<Shared>,
+    state: &mut State,
+    now: Instant,
+    undelivered: &mut Vec<HostPermit>,
+) -> Option<Instant> {
+    let cfg = &shared.cfg;
+    let gate = Politeness {
+        shared: shared.clone(),
+    };
+    while let Some(Reverse((at, _))) = state.timers.peek() {
+        if *at > now {
+            return Some(*at);
+        }
+        if state.in_flight >= cfg.max_in_flight {
+            return None;
+        }
+        let Some(Reverse((at, key))) = state.timers.pop() else {
+            break;
+        };
+        let Some(host) = state.hosts.get_mut(&key) else {
+            continue;
+        };
+        if host.scheduled != Some(at) {
+            continue;
+        }
+        host.scheduled = None;
+        if host.in_flight >= cfg.concurrency {
+            // A release puts it back on the heap.
+            continue;
+        }
+        if host.next_start > now {
+            schedule(state, &key, now);
+            continue;
+        }
+        // The best waiter still waiting gets the slot.
+        let waiter = loop {
+            match host.waiters.pop() {
+                Some(w) if w.tx.is_closed() => continue,
+                other => break other,
+            }
+        };
+        if let Some(waiter) = waiter {
+            let permit = gate.grant(state, &key, now);
+            if let Err(permit) = waiter.tx.send(permit) {
+                undelivered.push(permit);
+            }
+        }
+        if state
+            .hosts
+            .get(&key)
+            .is_some_and(|h| h.in_flight < cfg.concurrency)
+        {
+            schedule(state, &key, now);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests;

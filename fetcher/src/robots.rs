@@ -10,19 +10,42 @@ use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use crate::http::HttpClient;
+use crate::politeness::Politeness;
 
 /// Only this much of a robots.txt is parsed (Google's limit); the rest is ignored.
 const MAX_ROBOTS_BYTES: usize = 500 * 1024;
-/// After a 5xx or a network error everything is disallowed; try again after this.
-const UNREACHABLE_RETRY: Duration = Duration::from_secs(60);
+/// After a 5xx, a 429 or a network error the host's URLs wait; the file is tried
+/// again after this, doubling with each failure up to [`UNREACHABLE_MAX_RETRY`].
+const UNREACHABLE_RETRY: Duration = Duration::from_secs(1);
+const UNREACHABLE_MAX_RETRY: Duration = Duration::from_secs(600);
 /// Crawl-delay values beyond this are treated as this.
 const MAX_CRAWL_DELAY: Duration = Duration::from_secs(3600);
 
 /// What robots.txt says about one URL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RobotsVerdict {
-    pub allowed: bool,
-    pub crawl_delay: Option<Duration>,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RobotsVerdict {
+    /// Fetch it, at most this often if the host asked.
+    Allowed {
+        /// The host's Crawl-delay.
+        crawl_delay: Option<Duration>,
+    },
+    /// The rules forbid it.
+    Disallowed,
+    /// robots.txt could not be read just now (RFC 9309: assume disallow while it is
+    /// unreachable): ask again after `retry_in`, do not drop the URL.
+    Unavailable {
+        /// When the file will be tried again.
+        retry_in: Duration,
+        /// Why it could not be read.
+        reason: String,
+    },
+}
+
+impl RobotsVerdict {
+    /// Whether the URL may be fetched now.
+    pub fn allowed(&self) -> bool {
+        matches!(self, RobotsVerdict::Allowed { .. })
+    }
 }
 
 /// Per-origin robots.txt rules. Cheap to clone; clones share the cache.
@@ -36,6 +59,8 @@ struct Inner {
     agent: String,
     capacity: usize,
     ttl: Duration,
+    /// The robots.txt fetch waits its turn at the host like any request.
+    gate: Option<Politeness>,
     entries: Mutex<HashMap<String, Entry>>,
 }
 
@@ -43,6 +68,8 @@ struct Entry {
     /// Filled once by whichever caller fetches first; the others wait on it.
     rules: Arc<OnceCell<Fetched>>,
     last_used: Instant,
+    /// Failed fetches in a row, for the back-off.
+    failures: u32,
 }
 
 struct Fetched {
@@ -52,8 +79,8 @@ struct Fetched {
 
 enum Rules {
     AllowAll,
-    DisallowAll,
     Parsed(Robot),
+    Unavailable(String),
 }
 
 impl RobotsCache {
@@ -65,6 +92,7 @@ impl RobotsCache {
         user_agent_token: String,
         capacity: usize,
         ttl: Duration,
+        gate: Option<Politeness>,
     ) -> Self {
         RobotsCache {
             inner: Arc::new(Inner {
@@ -72,38 +100,48 @@ impl RobotsCache {
                 agent: product_token(&user_agent_token).to_string(),
                 capacity: capacity.max(1),
                 ttl,
+                gate,
                 entries: Mutex::new(HashMap::new()),
             }),
         }
     }
 
     /// Whether `url` may be fetched, and the host's Crawl-delay if any. The first call
-    /// for an origin fetches its /robots.txt; concurrent callers share that one fetch.
-    pub async fn check(&self, url: &url::Url) -> RobotsVerdict {
+    /// for an origin fetches its /robots.txt (through the gate of `key`, the URL's
+    /// politeness key); concurrent callers share that one fetch.
+    pub async fn check(&self, url: &url::Url, key: &str) -> RobotsVerdict {
         let Some(origin) = origin_of(url) else {
             // Not http(s): robots.txt does not apply; the HTTP client refuses it anyway.
-            return RobotsVerdict {
-                allowed: true,
-                crawl_delay: None,
-            };
+            return RobotsVerdict::Allowed { crawl_delay: None };
         };
-        let cell = self.inner.cell_for(&origin);
-        let fetched = cell.get_or_init(|| self.inner.fetch(&origin)).await;
-        fetched.rules.verdict(url)
+        let (cell, failures) = self.inner.cell_for(&origin);
+        let fetched = cell
+            .get_or_init(|| self.inner.fetch(&origin, key, failures))
+            .await;
+        let now = Instant::now();
+        fetched
+            .rules
+            .verdict(url, fetched.expires_at.saturating_duration_since(now))
     }
 }
 
 impl Inner {
-    /// The cell for `origin`, replacing an expired one and evicting to stay in capacity.
-    fn cell_for(&self, origin: &str) -> Arc<OnceCell<Fetched>> {
+    /// The cell for `origin`, replacing an expired one and evicting to stay in
+    /// capacity; with the failures in a row before it.
+    fn cell_for(&self, origin: &str) -> (Arc<OnceCell<Fetched>>, u32) {
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut failures = 0;
         if let Some(entry) = entries.get_mut(origin) {
             let fresh = entry.rules.get().is_none_or(|f| f.expires_at > now);
             if fresh {
                 entry.last_used = now;
-                return Arc::clone(&entry.rules);
+                return (Arc::clone(&entry.rules), entry.failures);
             }
+            failures = match entry.rules.get().map(|f| &f.rules) {
+                Some(Rules::Unavailable(_)) => entry.failures.saturating_add(1),
+                _ => 0,
+            };
         }
         if !entries.contains_key(origin) && entries.len() >= self.capacity {
             entries.retain(|_, e| e.rules.get().is_none_or(|f| f.expires_at > now));
@@ -124,18 +162,47 @@ impl Inner {
             Entry {
                 rules: Arc::clone(&rules),
                 last_used: now,
+                failures,
             },
         );
-        rules
+        (rules, failures)
     }
 
-    async fn fetch(&self, origin: &str) -> Fetched {
-        let rules = match url::Url::parse(&format!("{origin}/robots.txt")) {
-            Ok(robots_url) => self.rules_from(self.client.get(&robots_url).await),
-            Err(_) => Rules::AllowAll,
+    async fn fetch(&self, origin: &str, key: &str, failures: u32) -> Fetched {
+        let Ok(robots_url) = url::Url::parse(&format!("{origin}/robots.txt")) else {
+            return Fetched {
+                rules: Rules::AllowAll,
+                expires_at: Instant::now() + self.ttl,
+            };
         };
+        // Through the host's gate, ahead of its pages (priority 0).
+        let permit = match &self.gate {
+            Some(gate) => match gate.acquire(key, None, 0).await {
+                Ok(permit) => Some(permit),
+                Err(backlog) => {
+                    return Fetched {
+                        rules: Rules::Unavailable("the host is busy".into()),
+                        expires_at: Instant::now() + backlog.retry_after,
+                    }
+                }
+            },
+            None => None,
+        };
+        let started = Instant::now();
+        let response = self.client.get(&robots_url).await;
+        if let Some(mut permit) = permit {
+            if let Ok(r) = &response {
+                if let (429 | 503, Some(after)) = (r.status, r.retry_after) {
+                    permit.back_off(after);
+                }
+            }
+            permit.finish(started.elapsed());
+        }
+        let rules = self.rules_from(response);
         let lifetime = match rules {
-            Rules::DisallowAll => UNREACHABLE_RETRY.min(self.ttl),
+            Rules::Unavailable(_) => (UNREACHABLE_RETRY * 2u32.saturating_pow(failures.min(16)))
+                .min(UNREACHABLE_MAX_RETRY)
+                .min(self.ttl),
             _ => self.ttl,
         };
         tracing::debug!(origin, rules = rules.label(), "robots.txt fetched");
@@ -153,7 +220,7 @@ impl Inner {
             Ok(response) => response,
             // Timeouts, refused connections, DNS trouble: the site may be down or
             // overloaded, so crawl nothing until robots.txt can be read.
-            Err(err) if err.is_retryable() => return Rules::DisallowAll,
+            Err(err) if err.is_retryable() => return Rules::Unavailable(err.to_string()),
             // Redirected away, too many redirects, refused address...: there is no
             // robots.txt to read, as with a 404; the page fetch reports its own error.
             Err(_) => return Rules::AllowAll,
@@ -165,7 +232,7 @@ impl Inner {
                 Robot::new(&self.agent, body).map_or(Rules::AllowAll, Rules::Parsed)
             }
             // Google treats 429 like a server error.
-            429 | 500..=599 => Rules::DisallowAll,
+            429 | 500..=599 => Rules::Unavailable(format!("http status {}", response.status)),
             // 4xx (including 404): "unavailable", everything is allowed. A final 3xx
             // without a usable Location lands here as well.
             _ => Rules::AllowAll,
@@ -174,22 +241,19 @@ impl Inner {
 }
 
 impl Rules {
-    fn verdict(&self, url: &url::Url) -> RobotsVerdict {
+    fn verdict(&self, url: &url::Url, expires_in: Duration) -> RobotsVerdict {
         match self {
-            Rules::AllowAll => RobotsVerdict {
-                allowed: true,
-                crawl_delay: None,
-            },
-            Rules::DisallowAll => RobotsVerdict {
-                allowed: false,
-                crawl_delay: None,
-            },
-            Rules::Parsed(robot) => RobotsVerdict {
-                allowed: robot.allowed(url.as_str()),
+            Rules::AllowAll => RobotsVerdict::Allowed { crawl_delay: None },
+            Rules::Parsed(robot) if !robot.allowed(url.as_str()) => RobotsVerdict::Disallowed,
+            Rules::Parsed(robot) => RobotsVerdict::Allowed {
                 crawl_delay: robot
                     .delay
                     .and_then(|d| Duration::try_from_secs_f32(d).ok())
                     .map(|d| d.min(MAX_CRAWL_DELAY)),
+            },
+            Rules::Unavailable(reason) => RobotsVerdict::Unavailable {
+                retry_in: expires_in,
+                reason: format!("robots.txt unavailable: {reason}"),
             },
         }
     }
@@ -197,8 +261,8 @@ impl Rules {
     fn label(&self) -> &'static str {
         match self {
             Rules::AllowAll => "allow_all",
-            Rules::DisallowAll => "disallow_all",
             Rules::Parsed(_) => "parsed",
+            Rules::Unavailable(_) => "unavailable",
         }
     }
 }
@@ -275,6 +339,7 @@ mod tests {
             "jetcrawl/0.1 (+https://example.org/bot)".into(),
             100,
             ttl,
+            None,
         )
     }
 
@@ -288,7 +353,7 @@ mod tests {
         let check = |path: &str| {
             let cache = cache.clone();
             let url = base.join(path).unwrap();
-            async move { cache.check(&url).await.allowed }
+            async move { cache.check(&url, "k").await.allowed() }
         };
         assert!(!check("/secret/x").await);
         assert!(check("/secret/ok/1").await);
@@ -300,23 +365,26 @@ mod tests {
     #[tokio::test]
     async fn not_found_allows_everything() {
         let (base, _) = site(StatusCode::NOT_FOUND, "nope").await;
-        let verdict = cache(DAY).check(&base.join("/anything").unwrap()).await;
-        assert_eq!(
-            verdict,
-            RobotsVerdict {
-                allowed: true,
-                crawl_delay: None
-            }
-        );
+        let verdict = cache(DAY)
+            .check(&base.join("/anything").unwrap(), "k")
+            .await;
+        assert_eq!(verdict, RobotsVerdict::Allowed { crawl_delay: None });
     }
 
     #[tokio::test]
-    async fn server_error_disallows_everything_for_a_while() {
+    async fn server_error_defers_for_a_while_and_says_so() {
         let (base, hits) = site(StatusCode::INTERNAL_SERVER_ERROR, "oops").await;
         let cache = cache(DAY);
         let url = base.join("/page").unwrap();
-        assert!(!cache.check(&url).await.allowed);
-        assert!(!cache.check(&url).await.allowed);
+        for _ in 0..2 {
+            match cache.check(&url, "k").await {
+                RobotsVerdict::Unavailable { retry_in, reason } => {
+                    assert!(retry_in <= UNREACHABLE_RETRY);
+                    assert!(reason.contains("500"), "{reason}");
+                }
+                other => panic!("a 500 must defer the URL, not decide it: {other:?}"),
+            }
+        }
         assert_eq!(
             hits.load(Ordering::SeqCst),
             1,
@@ -324,13 +392,85 @@ mod tests {
         );
     }
 
+    /// /robots.txt answers 503 `failing` times, then a real file.
+    async fn recovering_site(failing: usize) -> (url::Url, Arc<AtomicUsize>) {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let router = Router::new()
+            .route(
+                "/robots.txt",
+                get(move |State(hits): State<Arc<AtomicUsize>>| async move {
+                    if hits.fetch_add(1, Ordering::SeqCst) < failing {
+                        (StatusCode::SERVICE_UNAVAILABLE, "later").into_response()
+                    } else {
+                        (StatusCode::OK, "User-agent: *\nDisallow: /no\n").into_response()
+                    }
+                }),
+            )
+            .with_state(Arc::clone(&hits));
+        (
+            url::Url::parse(&format!("http://{}/", serve(router).await)).unwrap(),
+            hits,
+        )
+    }
+
     #[tokio::test]
-    async fn unreachable_host_disallows() {
+    async fn unavailable_robots_backs_off_then_applies_once_it_answers() {
+        let (base, hits) = recovering_site(2).await;
+        let cache = cache(DAY);
+        let url = base.join("/page").unwrap();
+        let mut waits = Vec::new();
+        let verdict = loop {
+            match cache.check(&url, "k").await {
+                RobotsVerdict::Unavailable { retry_in, .. } => {
+                    waits.push(retry_in);
+                    tokio::time::sleep(retry_in + Duration::from_millis(20)).await;
+                }
+                other => break other,
+            }
+        };
+        assert!(verdict.allowed());
+        assert!(!cache.check(&base.join("/no").unwrap(), "k").await.allowed());
+        assert_eq!(hits.load(Ordering::SeqCst), 3);
+        assert_eq!(waits.len(), 2, "{waits:?}");
+        assert!(
+            waits[1] > waits[0] + Duration::from_millis(500),
+            "back-off doubles: {waits:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn unreachable_host_defers() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let url = url::Url::parse(&format!("http://{addr}/page")).unwrap();
-        assert!(!cache(DAY).check(&url).await.allowed);
+        assert!(matches!(
+            cache(DAY).check(&url, "k").await,
+            RobotsVerdict::Unavailable { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn robots_fetch_takes_its_turn_at_the_host() {
+        let (base, _) = site(StatusCode::NOT_FOUND, "").await;
+        let gate = Politeness::new(crate::politeness::PolitenessConfig {
+            delay: Duration::from_millis(400),
+            concurrency: 1,
+            autothrottle: false,
+            max_in_flight: usize::MAX,
+            max_waiting: None,
+            max_wait: None,
+        });
+        let client = HttpClient::new(local_config()).unwrap();
+        let cache = RobotsCache::new(client, "jetcrawl".into(), 10, DAY, Some(gate.clone()));
+        assert!(cache.check(&base.join("/a").unwrap(), "h").await.allowed());
+        let t = Instant::now();
+        drop(gate.acquire("h", None, 1).await.unwrap());
+        assert!(
+            t.elapsed() >= Duration::from_millis(250),
+            "the page waits the delay after robots.txt: {:?}",
+            t.elapsed()
+        );
     }
 
     #[tokio::test]
@@ -340,9 +480,13 @@ mod tests {
             "User-agent: *\nCrawl-delay: 2.5\nDisallow: /x\n",
         )
         .await;
-        let verdict = cache(DAY).check(&base.join("/page").unwrap()).await;
-        assert_eq!(verdict.crawl_delay, Some(Duration::from_millis(2500)));
-        assert!(verdict.allowed);
+        let verdict = cache(DAY).check(&base.join("/page").unwrap(), "k").await;
+        assert_eq!(
+            verdict,
+            RobotsVerdict::Allowed {
+                crawl_delay: Some(Duration::from_millis(2500))
+            }
+        );
     }
 
     #[tokio::test]
@@ -352,10 +496,10 @@ mod tests {
         let checks = (0..20).map(|i| {
             let cache = cache.clone();
             let url = base.join(&format!("/page/{i}")).unwrap();
-            tokio::spawn(async move { cache.check(&url).await })
+            tokio::spawn(async move { cache.check(&url, "k").await })
         });
         for verdict in futures::future::join_all(checks).await {
-            assert!(verdict.unwrap().allowed);
+            assert!(verdict.unwrap().allowed());
         }
         assert_eq!(hits.load(Ordering::SeqCst), 1);
     }
@@ -365,11 +509,11 @@ mod tests {
         let (base, hits) = site(StatusCode::OK, "User-agent: *\nDisallow: /no\n").await;
         let cache = cache(Duration::from_millis(200));
         let url = base.join("/page").unwrap();
-        cache.check(&url).await;
-        cache.check(&url).await;
+        cache.check(&url, "k").await;
+        cache.check(&url, "k").await;
         assert_eq!(hits.load(Ordering::SeqCst), 1);
         tokio::time::sleep(Duration::from_millis(250)).await;
-        cache.check(&url).await;
+        cache.check(&url, "k").await;
         assert_eq!(hits.load(Ordering::SeqCst), 2);
     }
 
@@ -377,15 +521,15 @@ mod tests {
     async fn capacity_is_bounded() {
         let (base, _) = site(StatusCode::NOT_FOUND, "").await;
         let client = HttpClient::new(local_config()).unwrap();
-        let cache = RobotsCache::new(client, "jetcrawl".into(), 2, DAY);
+        let cache = RobotsCache::new(client, "jetcrawl".into(), 2, DAY, None);
         let port = base.port().unwrap();
         for host in ["127.0.0.1", "localhost", "127.0.0.1"] {
             let url = url::Url::parse(&format!("http://{host}:{port}/")).unwrap();
-            cache.check(&url).await;
+            cache.check(&url, "k").await;
         }
         // Different ports are different origins.
         cache
-            .check(&url::Url::parse("http://127.0.0.1:1/").unwrap())
+            .check(&url::Url::parse("http://127.0.0.1:1/").unwrap(), "k")
             .await;
         let entries = cache.inner.entries.lock().unwrap();
         assert_eq!(entries.len(), 2);

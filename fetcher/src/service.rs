@@ -1,24 +1,30 @@
-//! The fetcher service: requests from the frontier, pages to PAGES.
-//! Publish the page, await its JetStream ack, then ack the request.
+//! The fetcher service: the frontier partitions this fetcher owns, pages to PAGES.
+//! One pull loop per owned partition; requests wait for their host here (bounded by
+//! the partition's window), not in the frontier. Publish the page, await its
+//! JetStream ack, then ack the request.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::{self, message::PublishMessage, AckKind};
 use bytes::Bytes;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use jetcrawl_shared::canon::fp_hex;
+use jetcrawl_shared::canon::{partition, url_fingerprint};
 use jetcrawl_shared::consume::{self, ack, give_up, retry_in_place, with_progress, ConsumeOptions};
 use jetcrawl_shared::message::{CrawlRequest, Page};
+use jetcrawl_shared::presence::{self, Instance};
 use jetcrawl_shared::telemetry::Metrics;
 use jetcrawl_shared::topology::{self, Names, Role};
 use jetcrawl_shared::CompiledSpider;
 
 use crate::error::FetchError;
-use crate::fetch::{FetchOutcome, Fetcher};
+use crate::fetch::{FetchOutcome, Fetcher, FetcherOptions};
+use crate::lease::{self, Lease, PartitionRunner};
 
 /// Everything a fetcher process needs.
 pub struct FetcherConfig {
@@ -30,17 +36,26 @@ pub struct FetcherConfig {
     pub metrics: Metrics,
     /// Requests in flight in this process (all hosts together).
     pub concurrency: usize,
+    /// Requests held per owned partition (waiting for their host or in flight).
+    pub window: usize,
+    /// Source address for outgoing connections.
+    pub local_address: Option<IpAddr>,
 }
 
 struct Ctx {
     fetcher: Fetcher,
     js: jetstream::Context,
+    spider: Arc<CompiledSpider>,
     names: Names,
     metrics: Metrics,
-    shutdown: CancellationToken,
-    /// How often a long fetch (or politeness wait) tells the server it is in progress.
+    window: usize,
+    /// How often a long fetch (or a wait for the host) tells the server it is in progress.
     progress_every: Duration,
 }
+
+/// Requests that would wait longer than this for their host (or their retry time)
+/// go back to the frontier with a not-before time, freeing their place in the window.
+const HOLD_LIMIT: Duration = Duration::from_secs(30);
 
 /// The furthest a not-before time can legitimately be: Retry-After is honoured up to
 /// an hour, backoffs up to ten minutes; anything later is not one of ours.
@@ -49,7 +64,8 @@ const MAX_NOT_BEFORE_MS: i64 = 75 * 60 * 1000;
 /// Room left in a NATS message for headers, next to the body.
 const HEADER_ROOM: usize = 64 * 1024;
 
-/// Run until `shutdown`; in-flight requests finish or go back to the stream.
+/// Run until `shutdown`; in-flight requests finish, waiting ones go back to the stream,
+/// and the partitions are freed for the other fetchers.
 pub async fn run(cfg: FetcherConfig, shutdown: CancellationToken) -> Result<(), FetchError> {
     let js = jetstream::new(cfg.nats.clone());
     topology::ensure_streams(&js, &cfg.spider.spider).await?;
@@ -60,36 +76,139 @@ pub async fn run(cfg: FetcherConfig, shutdown: CancellationToken) -> Result<(), 
         .saturating_sub(HEADER_ROOM)
         .max(64 * 1024);
     let spider = Arc::new(cfg.spider.clone());
+    let fetcher = Fetcher::new(
+        spider.clone(),
+        FetcherOptions {
+            body_cap,
+            max_in_flight: cfg.concurrency.max(1),
+            max_waiting: None,
+            max_wait: Some(HOLD_LIMIT),
+            local_address: cfg.local_address,
+        },
+        cfg.metrics.clone(),
+    )?;
+    let store = loop {
+        match presence::bucket(&js, &spider.spider).await {
+            Ok(store) => break store,
+            Err(e) => {
+                tracing::warn!(error = %e, "live bucket not available, retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
     let ctx = Arc::new(Ctx {
-        fetcher: Fetcher::new(spider.clone(), body_cap, cfg.metrics.clone())?,
+        fetcher,
         js: js.clone(),
         names: Names::new(cfg.spider.name()),
+        spider: spider.clone(),
         metrics: cfg.metrics.clone(),
-        shutdown: shutdown.clone(),
+        window: cfg.window.max(1),
         progress_every: cfg.spider.spider.streams.ack_wait() / 3,
     });
-    let opts = ConsumeOptions {
-        role: Role::Fetcher,
-        max_in_flight: cfg.concurrency,
-        max_ack_pending: 10_000,
-        // Busy hosts hand requests back with delayed naks, which count as deliveries.
-        poison_deliveries: 200,
-        drain_deadline: Duration::from_secs(20),
-        replay: None,
-    };
-    consume::consume(
-        js,
-        Arc::new(cfg.spider.spider.clone()),
-        opts,
+    let reporter = tokio::spawn(report(ctx.clone()));
+    cfg.metrics.set_ready(true);
+    let me = Instance::this_process("fetcher");
+    tracing::info!(id = %me.id, partitions = spider.spider.streams.partitions, "fetcher joining");
+    lease::own_partitions(
+        store,
+        me,
+        spider.spider.streams.partitions,
+        Arc::new(Runner { ctx }),
         cfg.metrics.clone(),
         shutdown,
-        move |msg| handle(ctx.clone(), msg),
     )
     .await;
+    cfg.metrics.set_ready(false);
+    reporter.abort();
     Ok(())
 }
 
-async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message) {
+struct Runner {
+    ctx: Arc<Ctx>,
+}
+
+impl PartitionRunner for Runner {
+    async fn run(&self, lease: Arc<Lease>) {
+        let ctx = self.ctx.clone();
+        let p = lease.partition;
+        let opts = ConsumeOptions {
+            role: Role::Fetcher,
+            max_in_flight: ctx.window,
+            max_ack_pending: ctx.window as i64,
+            // Only a process that keeps dying on a request leaves it unacked this often.
+            poison_deliveries: 200,
+            drain_deadline: Duration::from_secs(20),
+            replay: None,
+            partition: Some(p),
+        };
+        let handler_ctx = ctx.clone();
+        let handler_lease = lease.clone();
+        consume::consume(
+            ctx.js.clone(),
+            Arc::new(ctx.spider.spider.clone()),
+            opts,
+            ctx.metrics.clone(),
+            lease.revoked.clone(),
+            move |msg| handle(handler_ctx.clone(), handler_lease.clone(), msg),
+        )
+        .await;
+        // Hand over only once the partition's hosts are quiet: the next owner's first
+        // request then keeps the delay after this one's last.
+        let partitions = ctx.spider.spider.streams.partitions;
+        let give_up_at = Instant::now() + Duration::from_secs(60);
+        loop {
+            let quiet = ctx
+                .fetcher
+                .politeness()
+                .quiet_at(|key| partition(key, partitions) == p);
+            match quiet {
+                Some(at) => {
+                    tokio::time::sleep_until(at.min(give_up_at)).await;
+                    break;
+                }
+                None if Instant::now() >= give_up_at => break,
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+}
+
+/// Every few seconds: requests waiting here, and the frontier's lag over all
+/// partitions (any fetcher sees the whole frontier).
+async fn report(ctx: Arc<Ctx>) {
+    let labels = consume::stage_label("fetcher");
+    let partitions = ctx.spider.spider.streams.partitions;
+    loop {
+        let (hosts, requests) = ctx.fetcher.politeness().queued();
+        ctx.metrics.hosts_queued.set(hosts as i64);
+        ctx.metrics.requests_queued.set(requests as i64);
+        if let Ok(stream) = ctx.js.get_stream(ctx.names.frontier_stream()).await {
+            let (mut pending, mut ack_pending) = (0u64, 0u64);
+            for p in 0..partitions {
+                let name = topology::partition_consumer_name(p);
+                if let Ok(info) = stream.consumer_info(&name).await {
+                    pending += info.num_pending;
+                    ack_pending += info.num_ack_pending as u64;
+                }
+            }
+            let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            ctx.metrics
+                .consumer_pending
+                .get_or_create(&labels)
+                .set(gauge(pending));
+            ctx.metrics
+                .consumer_ack_pending
+                .get_or_create(&labels)
+                .set(gauge(ack_pending));
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+async fn handle(ctx: Arc<Ctx>, lease: Arc<Lease>, msg: jetstream::Message) {
     let req: CrawlRequest = match serde_json::from_slice(&msg.payload) {
         Ok(r) => r,
         Err(e) => {
@@ -104,65 +223,80 @@ async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message) {
             let wait_ms = not_before.saturating_sub(chrono::Utc::now().timestamp_millis());
             // Backoffs are capped at 10 minutes; a time far beyond that is not one of
             // ours, and waiting for it would stall the request forever.
-            if wait_ms > 2_000 && wait_ms <= MAX_NOT_BEFORE_MS {
-                ack(
-                    &msg,
-                    AckKind::Nak(Some(Duration::from_millis(wait_ms as u64))),
-                )
-                .await;
+            if wait_ms > HOLD_LIMIT.as_millis() as i64 && wait_ms <= MAX_NOT_BEFORE_MS {
+                let wait = Duration::from_millis(wait_ms as u64);
+                ack(&msg, AckKind::Nak(Some(wait))).await;
                 return;
             }
-            if wait_ms > 0 && wait_ms <= 2_000 {
-                tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
+            if wait_ms > 0 && !hold(&ctx, &lease, &msg, Duration::from_millis(wait_ms as u64)).await
+            {
+                ack(&msg, AckKind::Nak(None)).await;
+                return;
             }
         }
-        ctx.metrics.in_flight.inc();
-        let outcome = tokio::select! {
-            out = with_progress(&msg, ctx.progress_every, ctx.fetcher.fetch(&req)) => Some(out),
-            // Shutting down: hand the request back now rather than hold the drain.
-            _ = ctx.shutdown.cancelled() => None,
-        };
-        ctx.metrics.in_flight.dec();
-        let Some(outcome) = outcome else {
-            ack(&msg, AckKind::Nak(None)).await;
+        let mut handed_back = 0u32;
+        loop {
+            ctx.metrics.in_flight.inc();
+            let outcome = with_progress(
+                &msg,
+                ctx.progress_every,
+                ctx.fetcher.fetch(&req, Some(&lease)),
+            )
+            .await;
+            ctx.metrics.in_flight.dec();
+            match outcome {
+                FetchOutcome::Page(page) => {
+                    let id = req.page_msg_id(page.fingerprint);
+                    let published =
+                        publish_holding(&ctx, &msg, || publish_page(&ctx, &page, id.clone())).await;
+                    settle_publish(&ctx, &msg, published).await;
+                }
+                FetchOutcome::Retry { request, delay } => {
+                    tracing::info!(
+                        error = request.last_error.as_deref().unwrap_or(""),
+                        retry_in_ms = delay.as_millis() as u64,
+                        "will retry"
+                    );
+                    let id = format!("t{}", request.tries);
+                    requeue(&ctx, &msg, &request, id, delay).await;
+                }
+                FetchOutcome::Later(wait) if wait <= HOLD_LIMIT => {
+                    // Waits here: this fetcher owns the host, nobody else can serve it.
+                    if hold(&ctx, &lease, &msg, wait).await {
+                        continue;
+                    }
+                    ack(&msg, AckKind::Nak(None)).await;
+                }
+                FetchOutcome::Later(wait) => {
+                    // A long wait (a slow host's queue, robots.txt unreachable) would keep
+                    // this place in the window from the partition's other hosts.
+                    let mut request = req.clone();
+                    request.not_before_ms =
+                        Some(chrono::Utc::now().timestamp_millis() + wait.as_millis() as i64);
+                    let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+                    handed_back += 1;
+                    ctx.metrics.handed_back.inc();
+                    requeue(&ctx, &msg, &request, format!("l{seq}-{handed_back}"), wait).await;
+                }
+                FetchOutcome::Revoked => ack(&msg, AckKind::Nak(None)).await,
+                FetchOutcome::Invalid(reason) => {
+                    give_up(&ctx.js, &ctx.names, "fetcher", &msg, &reason, &ctx.metrics).await;
+                }
+            }
             return;
-        };
-        match outcome {
-            FetchOutcome::Page(page) => {
-                let id = req
-                    .page_id
-                    .clone()
-                    .unwrap_or_else(|| fp_hex(page.fingerprint));
-                let published =
-                    publish_holding(&ctx, &msg, || publish_page(&ctx, &page, id.clone())).await;
-                settle_publish(&ctx, &msg, published).await;
-            }
-            FetchOutcome::Retry { request, delay } => {
-                tracing::info!(
-                    error = request.last_error.as_deref().unwrap_or(""),
-                    retry_in_ms = delay.as_millis() as u64,
-                    "will retry"
-                );
-                let id = format!("t{}", request.tries);
-                requeue(&ctx, &msg, &request, id, delay).await;
-            }
-            FetchOutcome::Busy(retry_after) => {
-                // Handing back with a nak would count a delivery every time, and a host
-                // with a long queue would make its requests look like poison. A copy
-                // with a not-before time starts its own count.
-                let mut request = req.clone();
-                request.not_before_ms =
-                    Some(chrono::Utc::now().timestamp_millis() + retry_after.as_millis() as i64);
-                let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-                requeue(&ctx, &msg, &request, format!("b{seq}"), retry_after).await;
-            }
-            FetchOutcome::Invalid(reason) => {
-                give_up(&ctx.js, &ctx.names, "fetcher", &msg, &reason, &ctx.metrics).await;
-            }
         }
     }
     .instrument(span)
     .await
+}
+
+/// Keep `msg` for `wait` (progress acks); false if the lease ended first.
+async fn hold(ctx: &Ctx, lease: &Lease, msg: &jetstream::Message, wait: Duration) -> bool {
+    let sleep = with_progress(msg, ctx.progress_every, tokio::time::sleep(wait));
+    tokio::select! {
+        _ = sleep => true,
+        _ = lease.revoked.cancelled() => false,
+    }
 }
 
 async fn publish_page(ctx: &Ctx, page: &Page, id: String) -> Result<(), PublishError> {
@@ -190,14 +324,12 @@ async fn requeue(
     suffix: String,
     delay: Duration,
 ) {
-    let base = req.page_id.clone().unwrap_or_else(|| {
-        url::Url::parse(&req.url)
-            .map(|u| fp_hex(jetcrawl_shared::canon::url_fingerprint(&u)))
-            .unwrap_or_default()
-    });
+    let fp = url::Url::parse(&req.url)
+        .map(|u| url_fingerprint(&u))
+        .unwrap_or_default();
     let publish = PublishMessage::build()
         .payload(Bytes::from(serde_json::to_vec(req).unwrap_or_default()))
-        .message_id(format!("{base}-{suffix}"));
+        .message_id(format!("{}-{suffix}", req.page_msg_id(fp)));
     let published = async {
         ctx.js
             .send_publish(msg.subject.to_string(), publish)
@@ -224,9 +356,12 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), PublishError>>,
 {
-    // Only a message too large for the server will never go through.
+    // Only a message too large for the server will never go through. Shutdown stops
+    // the retries only when the whole process stops (not when a lease ends: the page
+    // was fetched, and publishing it is what keeps it from being fetched twice).
     let retryable = |e: &PublishError| e.kind() != PublishErrorKind::MaxPayloadExceeded;
-    retry_in_place(msg, ctx.progress_every, &ctx.shutdown, retryable, attempt).await
+    let never = CancellationToken::new();
+    retry_in_place(msg, ctx.progress_every, &never, retryable, attempt).await
 }
 
 async fn settle_publish(
@@ -247,7 +382,6 @@ async fn settle_publish(
             )
             .await
         }
-        // Shutting down: another fetcher takes it from here.
         None => ack(msg, AckKind::Nak(None)).await,
     }
 }

@@ -9,9 +9,11 @@ use bytes::Bytes;
 use futures::future::try_join_all;
 use url::Url;
 
-use jetcrawl_shared::canon::{fp_hex, partition, url_fingerprint};
-use jetcrawl_shared::dupefilter::Dupefilter;
-use jetcrawl_shared::message::{item_msg_id, CrawlRequest, Item};
+use jetcrawl_shared::canon::{partition, url_fingerprint};
+use jetcrawl_shared::config::PolitenessPer;
+use jetcrawl_shared::dupefilter::{Dupefilter, Seen};
+use jetcrawl_shared::hostkey::HostKeys;
+use jetcrawl_shared::message::{item_msg_id, request_id, CrawlRequest, Item};
 use jetcrawl_shared::telemetry::Metrics;
 use jetcrawl_shared::topology::Names;
 
@@ -30,16 +32,44 @@ pub struct Planned {
     pub request: CrawlRequest,
 }
 
-/// Plan requests for canonical URLs at `depth`.
-pub fn plan(names: &Names, partitions: u32, urls: &[Url], depth: u32) -> Vec<Planned> {
-    urls.iter()
-        .map(|url| {
+/// Turns canonical URLs into requests on the frontier partition of their politeness
+/// key (`[politeness] per`).
+#[derive(Clone, Debug)]
+pub struct Planner {
+    /// The crawl's names.
+    pub names: Names,
+    /// Frontier partitions.
+    pub partitions: u32,
+    /// URL → politeness key.
+    pub keys: HostKeys,
+}
+
+impl Planner {
+    /// A planner for this spider.
+    pub fn new(spider: &jetcrawl_shared::Spider) -> Self {
+        Planner {
+            names: Names::new(&spider.name),
+            partitions: spider.streams.partitions,
+            keys: HostKeys::new(spider.politeness.per),
+        }
+    }
+
+    /// Plan requests for canonical URLs at `depth`. The message id carries the depth,
+    /// so a URL planned again at a shallower depth is not taken for a duplicate.
+    pub async fn plan(&self, urls: &[Url], depth: u32) -> Vec<Planned> {
+        let mut planned = Vec::with_capacity(urls.len());
+        for url in urls {
+            let key = match self.keys.key_now(url) {
+                Some(key) => key,
+                None => self.keys.key(url).await,
+            };
             let fp = url_fingerprint(url);
-            Planned {
+            planned.push(Planned {
                 fp,
-                subject: names
-                    .frontier_subject(partition(url.host_str().unwrap_or(""), partitions)),
-                msg_id: fp_hex(fp),
+                subject: self
+                    .names
+                    .frontier_subject(partition(&key, self.partitions)),
+                msg_id: request_id(fp, depth),
                 request: CrawlRequest {
                     url: url.to_string(),
                     depth,
@@ -47,10 +77,14 @@ pub fn plan(names: &Names, partitions: u32, urls: &[Url], depth: u32) -> Vec<Pla
                     not_before_ms: None,
                     page_id: None,
                     last_error: None,
+                    // Only an address needs carrying: host and domain keys are derived
+                    // from the URL the same way everywhere.
+                    key: (self.keys.per() == PolitenessPer::Ip).then_some(key),
                 },
-            }
-        })
-        .collect()
+            });
+        }
+        planned
+    }
 }
 
 /// Publishes a page's results downstream.
@@ -60,8 +94,8 @@ pub struct Scheduler {
     pub js: jetstream::Context,
     /// The crawl's names.
     pub names: Names,
-    /// Frontier partitions.
-    pub partitions: u32,
+    /// Plans requests onto frontier partitions.
+    pub planner: Planner,
     /// The dupefilter.
     pub dupefilter: Dupefilter,
     /// Metrics.
@@ -77,8 +111,9 @@ pub struct Emit {
     pub forced: Vec<Planned>,
     /// Items.
     pub items: Vec<Item>,
-    /// Fingerprints to mark seen besides the new requests (a redirect's target).
-    pub also_seen: Vec<u64>,
+    /// Fingerprints to mark seen (at a depth) besides the new requests: a redirect's
+    /// target.
+    pub also_seen: Vec<Seen>,
 }
 
 /// The dupefilter half of scheduling, shared by the JetStream parser and the embedded
@@ -96,7 +131,7 @@ pub struct Dedup {
 impl Dedup {
     /// The requests the dupefilter has not seen, in order (one round trip).
     pub async fn fresh(&self, requests: &[Planned]) -> Result<Vec<Planned>, ParseError> {
-        let fps: Vec<u64> = requests.iter().map(|p| p.fp).collect();
+        let fps: Vec<Seen> = requests.iter().map(|p| (p.fp, p.request.depth)).collect();
         let seen = self.dupefilter.check(&fps).await?;
         Ok(requests
             .iter()
@@ -111,10 +146,10 @@ impl Dedup {
     pub async fn mark_sent(
         &self,
         sent: &[Planned],
-        also_seen: &[u64],
+        also_seen: &[Seen],
         found: usize,
     ) -> Result<(), ParseError> {
-        let mut add: Vec<u64> = sent.iter().map(|p| p.fp).collect();
+        let mut add: Vec<Seen> = sent.iter().map(|p| (p.fp, p.request.depth)).collect();
         add.extend_from_slice(also_seen);
         self.dupefilter.add(&add).await?;
         self.metrics.links_found.inc_by(found as u64);
@@ -186,19 +221,55 @@ impl Scheduler {
 mod tests {
     use super::*;
 
-    #[test]
-    fn plan_partitions_by_host_and_ids_by_fingerprint() {
-        let names = Names::new("c");
+    fn planner(per: PolitenessPer) -> Planner {
+        Planner {
+            names: Names::new("c"),
+            partitions: 64,
+            keys: HostKeys::new(per),
+        }
+    }
+
+    #[tokio::test]
+    async fn plan_partitions_by_host_and_ids_by_fingerprint_and_depth() {
         let urls = vec![
             Url::parse("http://a.test/1").unwrap(),
             Url::parse("http://a.test/2").unwrap(),
             Url::parse("http://b.test/1").unwrap(),
         ];
-        let planned = plan(&names, 16, &urls, 3);
+        let planned = planner(PolitenessPer::Host).plan(&urls, 3).await;
         assert_eq!(planned[0].subject, planned[1].subject);
         assert!(planned[0].subject.starts_with("jetcrawl.c.frontier."));
-        assert_eq!(planned[0].msg_id, fp_hex(url_fingerprint(&urls[0])));
+        let fp = url_fingerprint(&urls[0]);
+        assert_eq!(planned[0].msg_id, request_id(fp, 3));
+        assert_ne!(
+            planned[0].msg_id,
+            request_id(fp, 2),
+            "depth is part of the id"
+        );
         assert_eq!(planned[2].request.depth, 3);
+        assert_eq!(planned[0].request.key, None);
         assert_ne!(planned[0].fp, planned[1].fp);
+    }
+
+    #[tokio::test]
+    async fn domain_mode_puts_subdomains_in_one_partition() {
+        let urls: Vec<Url> = (0..40)
+            .map(|i| Url::parse(&format!("http://s{i}.blog.example.com/")).unwrap())
+            .collect();
+        let by_domain = planner(PolitenessPer::Domain).plan(&urls, 1).await;
+        assert!(by_domain.iter().all(|p| p.subject == by_domain[0].subject));
+        let by_host = planner(PolitenessPer::Host).plan(&urls, 1).await;
+        assert!(by_host.iter().any(|p| p.subject != by_host[0].subject));
+    }
+
+    #[tokio::test]
+    async fn ip_mode_carries_the_address_in_the_request() {
+        let urls = vec![Url::parse("http://127.0.0.5:8080/x").unwrap()];
+        let planned = planner(PolitenessPer::Ip).plan(&urls, 0).await;
+        assert_eq!(planned[0].request.key.as_deref(), Some("127.0.0.5"));
+        assert_eq!(
+            planned[0].subject,
+            Names::new("c").frontier_subject(partition("127.0.0.5", 64))
+        );
     }
 }

@@ -18,7 +18,7 @@ use jetcrawl_shared::CompiledSpider;
 
 use crate::error::ParseError;
 use crate::extract::Rules;
-use crate::schedule::{plan, Emit, Scheduler};
+use crate::schedule::{Emit, Planner, Scheduler};
 
 /// Everything a parser process needs.
 pub struct ParserConfig {
@@ -60,7 +60,7 @@ impl Ctx {
             scheduler: Scheduler {
                 js: js.clone(),
                 names: names.clone(),
-                partitions: cfg.spider.spider.streams.partitions,
+                planner: Planner::new(&cfg.spider.spider),
                 dupefilter: cfg.dupefilter.clone(),
                 metrics: cfg.metrics.clone(),
             },
@@ -80,6 +80,7 @@ impl Ctx {
             poison_deliveries: 10,
             drain_deadline: Duration::from_secs(20),
             replay: None,
+            partition: None,
         }
     }
 }
@@ -205,15 +206,14 @@ async fn handle_page(ctx: Arc<Ctx>, msg: jetstream::Message) {
             }
         };
         let emit = Emit {
-            requests: plan(
-                &ctx.names,
-                ctx.scheduler.partitions,
-                &extracted.links,
-                depth.saturating_add(1),
-            ),
+            requests: ctx
+                .scheduler
+                .planner
+                .plan(&extracted.links, depth.saturating_add(1))
+                .await,
             forced: Vec::new(),
             items: extracted.items,
-            also_seen: redirect_target.into_iter().collect(),
+            also_seen: redirect_target.map(|fp| (fp, depth)).into_iter().collect(),
         };
         match emit_holding(&ctx, &msg, &emit).await {
             Some(Ok(new)) => {
@@ -248,12 +248,11 @@ async fn handle_seeds(ctx: Arc<Ctx>, msg: jetstream::Message) {
                 continue;
             }
         };
-        let mut planned = plan(
-            &ctx.names,
-            ctx.scheduler.partitions,
-            std::slice::from_ref(&url),
-            0,
-        );
+        let mut planned = ctx
+            .scheduler
+            .planner
+            .plan(std::slice::from_ref(&url), 0)
+            .await;
         if seed.force {
             // A forced refetch needs ids of its own, or the duplicate windows would
             // swallow it; the seed's sequence keeps a redelivery idempotent.

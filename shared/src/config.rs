@@ -71,6 +71,24 @@ pub struct Politeness {
     /// Raise the delay for hosts that answer slowly (delay follows observed latency).
     #[serde(default = "default_true")]
     pub autothrottle: bool,
+    /// What shares one budget (and one frontier partition): the host name, its
+    /// registrable domain, or the address it resolves to.
+    #[serde(default)]
+    pub per: PolitenessPer,
+}
+
+/// What one politeness budget covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolitenessPer {
+    /// Each host name (`a.example.com` and `b.example.com` are two).
+    #[default]
+    Host,
+    /// The registrable domain, by the public suffix list: every subdomain of
+    /// `example.co.uk` shares one budget.
+    Domain,
+    /// The IP address the host resolves to: virtual hosts on one server share one.
+    Ip,
 }
 
 /// HTTP limits and retry policy.
@@ -299,6 +317,7 @@ impl Default for Politeness {
             delay_ms: default_delay_ms(),
             concurrency_per_host: default_concurrency_per_host(),
             autothrottle: true,
+            per: PolitenessPer::Host,
         }
     }
 }

@@ -30,6 +30,10 @@ pub struct ConsumeOptions {
     pub drain_deadline: Duration,
     /// Read from a replay consumer (name, start) instead of the role's own.
     pub replay: Option<(String, ReplayStart)>,
+    /// Read one frontier partition's consumer (`fetcher-<p>`) instead of the role's
+    /// own. The fetcher runs one such loop per partition it owns and reports its
+    /// readiness and lag itself.
+    pub partition: Option<u32>,
 }
 
 /// Pull messages and run `handler` on each, at most `max_in_flight` at once, until
@@ -61,23 +65,31 @@ pub async fn consume<F, Fut>(
     let permits = Arc::new(Semaphore::new(opts.max_in_flight.max(1)));
     let mut tasks = JoinSet::new();
     let mut backoff = Duration::from_millis(250);
-    let lag = tokio::spawn(report_lag(
-        js.clone(),
-        names.stream_of(opts.role),
-        match &opts.replay {
-            Some((name, _)) => name.clone(),
-            None => opts.role.consumer_name().to_string(),
-        },
-        stage,
-        metrics.clone(),
-    ));
+    let whole_stage = opts.partition.is_none();
+    let lag = whole_stage.then(|| {
+        tokio::spawn(report_lag(
+            js.clone(),
+            names.stream_of(opts.role),
+            match &opts.replay {
+                Some((name, _)) => name.clone(),
+                None => opts.role.consumer_name().to_string(),
+            },
+            stage,
+            metrics.clone(),
+        ))
+    });
     'connect: while !shutdown.is_cancelled() {
-        let consumer = match &opts.replay {
-            Some((name, start)) => {
+        let consumer = match (&opts.replay, opts.partition) {
+            (Some((name, start)), _) => {
                 topology::ensure_replay_consumer(&js, &spider, name, start, opts.max_ack_pending)
                     .await
             }
-            None => topology::ensure_consumer(&js, &spider, opts.role, opts.max_ack_pending).await,
+            (None, Some(p)) => {
+                topology::ensure_partition_consumer(&js, &spider, p, opts.max_ack_pending).await
+            }
+            (None, None) => {
+                topology::ensure_consumer(&js, &spider, opts.role, opts.max_ack_pending).await
+            }
         };
         let consumer = match consumer {
             Ok(c) => c,
@@ -110,7 +122,9 @@ pub async fn consume<F, Fut>(
                 continue;
             }
         };
-        metrics.set_ready(true);
+        if whole_stage {
+            metrics.set_ready(true);
+        }
         loop {
             reap(&mut tasks, stage);
             // Take a slot before pulling, so nothing waits in memory unowned.
@@ -176,7 +190,9 @@ pub async fn consume<F, Fut>(
                     | MessagesErrorKind::RequestLimitExceeded
                     | MessagesErrorKind::Other => {
                         tracing::warn!(error = %e, stage, "pull stream failed, re-subscribing");
-                        metrics.set_ready(false);
+                        if whole_stage {
+                            metrics.set_ready(false);
+                        }
                         if sleep_or_shutdown(&shutdown, backoff).await {
                             break 'connect;
                         }
@@ -191,8 +207,12 @@ pub async fn consume<F, Fut>(
             }
         }
     }
-    lag.abort();
-    metrics.set_ready(false);
+    if let Some(lag) = lag {
+        lag.abort();
+    }
+    if whole_stage {
+        metrics.set_ready(false);
+    }
     tracing::info!(stage, in_flight = tasks.len(), "draining");
     let drained = tokio::time::timeout(opts.drain_deadline, async {
         while let Some(res) = tasks.join_next().await {

@@ -8,8 +8,16 @@
 //! Redis 7.0 keeps a set as an intset up to `set-max-intset-entries` (512 by default);
 //! the fullest buckets reach that near 27M fingerprints per crawl and then convert to
 //! hash tables: raise the setting before crawling beyond ~25M URLs (docs/BENCHMARKS.md).
+//!
+//! **Depth.** A member also carries the depth the URL was scheduled at: `(low 48 bits
+//! << 5) | depth` (depths from 31 on share the value 31), still one intset integer.
+//! A URL counts as seen at depth `d` when it was scheduled at `d` or shallower
+//! (`SMISMEMBER` over the members for depths `0..=d`, one command a URL). So a URL
+//! first reached along a long path and found again along a shorter one is scheduled
+//! again at the shorter depth, and what a depth-limited crawl reaches does not depend
+//! on the order pages were parsed in.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use redis::aio::ConnectionManager;
@@ -18,6 +26,12 @@ use crate::error::Error;
 
 const BUCKET_BITS: u32 = 16;
 const MEMBER_MASK: u64 = (1u64 << (64 - BUCKET_BITS)) - 1;
+const DEPTH_BITS: u32 = 5;
+/// Depths at and beyond this are stored as this.
+pub const MAX_TRACKED_DEPTH: u32 = (1 << DEPTH_BITS) - 1;
+
+/// A fingerprint and the depth it is (to be) scheduled at.
+pub type Seen = (u64, u32);
 
 /// Check-then-add set of fingerprints, one per crawl.
 #[derive(Clone)]
@@ -29,16 +43,17 @@ pub enum Dupefilter {
 }
 
 impl Dupefilter {
-    /// For each fingerprint, whether it was added before. One round trip.
-    pub async fn check(&self, fps: &[u64]) -> Result<Vec<bool>, Error> {
+    /// For each (fingerprint, depth), whether it was added at that depth or shallower.
+    /// One round trip.
+    pub async fn check(&self, fps: &[Seen]) -> Result<Vec<bool>, Error> {
         match self {
             Dupefilter::Redis(r) => r.check(fps).await,
             Dupefilter::Memory(m) => Ok(m.check(fps)),
         }
     }
 
-    /// Record fingerprints as seen. One round trip.
-    pub async fn add(&self, fps: &[u64]) -> Result<(), Error> {
+    /// Record fingerprints as seen at their depths. One round trip.
+    pub async fn add(&self, fps: &[Seen]) -> Result<(), Error> {
         match self {
             Dupefilter::Redis(r) => r.add(fps).await,
             Dupefilter::Memory(m) => {
@@ -102,36 +117,37 @@ impl RedisDupefilter {
         }
     }
 
-    fn key_member(&self, fp: u64) -> (String, i64) {
+    fn key(&self, fp: u64) -> String {
         let bucket = fp >> (64 - BUCKET_BITS);
-        (
-            format!("{}{bucket:04x}", self.prefix),
-            (fp & MEMBER_MASK) as i64,
-        )
+        format!("{}{bucket:04x}", self.prefix)
     }
 
-    async fn check(&self, fps: &[u64]) -> Result<Vec<bool>, Error> {
+    async fn check(&self, fps: &[Seen]) -> Result<Vec<bool>, Error> {
         if fps.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
-        for &fp in fps {
-            let (key, member) = self.key_member(fp);
-            pipe.cmd("SISMEMBER").arg(key).arg(member);
+        for &(fp, depth) in fps {
+            let cmd = pipe.cmd("SMISMEMBER").arg(self.key(fp));
+            for d in 0..=depth.min(MAX_TRACKED_DEPTH) {
+                cmd.arg(member(fp, d));
+            }
         }
         let mut conn = self.conn.clone();
-        let seen: Vec<bool> = pipe.query_async(&mut conn).await?;
-        Ok(seen)
+        let found: Vec<Vec<bool>> = pipe.query_async(&mut conn).await?;
+        Ok(found.iter().map(|at| at.iter().any(|&x| x)).collect())
     }
 
-    async fn add(&self, fps: &[u64]) -> Result<(), Error> {
+    async fn add(&self, fps: &[Seen]) -> Result<(), Error> {
         if fps.is_empty() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
-        for &fp in fps {
-            let (key, member) = self.key_member(fp);
-            pipe.cmd("SADD").arg(key).arg(member).ignore();
+        for &(fp, depth) in fps {
+            pipe.cmd("SADD")
+                .arg(self.key(fp))
+                .arg(member(fp, depth))
+                .ignore();
         }
         let mut conn = self.conn.clone();
         pipe.query_async::<()>(&mut conn).await?;
@@ -139,21 +155,36 @@ impl RedisDupefilter {
     }
 }
 
-/// An in-process dupefilter.
+/// The set member for a fingerprint's low bits at a depth.
+fn member(fp: u64, depth: u32) -> i64 {
+    (((fp & MEMBER_MASK) << DEPTH_BITS) | u64::from(depth.min(MAX_TRACKED_DEPTH))) as i64
+}
+
+/// An in-process dupefilter: each fingerprint with the shallowest depth it was added at.
 #[derive(Clone, Default)]
 pub struct MemoryDupefilter {
-    seen: Arc<Mutex<HashSet<u64>>>,
+    seen: Arc<Mutex<HashMap<u64, u32>>>,
 }
 
 impl MemoryDupefilter {
-    fn check(&self, fps: &[u64]) -> Vec<bool> {
+    fn check(&self, fps: &[Seen]) -> Vec<bool> {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        fps.iter().map(|fp| seen.contains(fp)).collect()
+        fps.iter()
+            .map(|(fp, depth)| {
+                seen.get(fp)
+                    .is_some_and(|&at| at <= (*depth).min(MAX_TRACKED_DEPTH))
+            })
+            .collect()
     }
 
-    fn add(&self, fps: &[u64]) {
+    fn add(&self, fps: &[Seen]) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.extend(fps.iter().copied());
+        for &(fp, depth) in fps {
+            let depth = depth.min(MAX_TRACKED_DEPTH);
+            seen.entry(fp)
+                .and_modify(|at| *at = (*at).min(depth))
+                .or_insert(depth);
+        }
     }
 }
 
@@ -175,14 +206,38 @@ mod tests {
             let member = fp & d;
             assert_eq!((bucket << (64 - BUCKET_BITS)) | member, fp);
             assert!(i64::try_from(member).is_ok());
+            for depth in [0, 7, MAX_TRACKED_DEPTH, 1000] {
+                let m = super::member(fp, depth);
+                assert!(m >= 0, "members stay positive integers (intset)");
+                assert_eq!((m as u64) >> DEPTH_BITS, fp & MEMBER_MASK);
+                assert_eq!((m as u64) & 31, u64::from(depth.min(MAX_TRACKED_DEPTH)));
+            }
         }
     }
 
     #[tokio::test]
     async fn memory_check_then_add() {
         let df = Dupefilter::Memory(MemoryDupefilter::default());
-        assert_eq!(df.check(&[1, 2]).await.unwrap(), vec![false, false]);
-        df.add(&[2]).await.unwrap();
-        assert_eq!(df.check(&[1, 2]).await.unwrap(), vec![false, true]);
+        assert_eq!(
+            df.check(&[(1, 0), (2, 0)]).await.unwrap(),
+            vec![false, false]
+        );
+        df.add(&[(2, 0)]).await.unwrap();
+        assert_eq!(
+            df.check(&[(1, 0), (2, 0)]).await.unwrap(),
+            vec![false, true]
+        );
+    }
+
+    #[tokio::test]
+    async fn memory_a_shallower_depth_is_news_a_deeper_one_is_not() {
+        let df = Dupefilter::Memory(MemoryDupefilter::default());
+        df.add(&[(9, 4)]).await.unwrap();
+        assert_eq!(
+            df.check(&[(9, 5), (9, 4), (9, 3)]).await.unwrap(),
+            vec![true, true, false]
+        );
+        df.add(&[(9, 3)]).await.unwrap();
+        assert_eq!(df.check(&[(9, 3), (9, 6)]).await.unwrap(), vec![true, true]);
     }
 }

@@ -83,12 +83,15 @@ pub enum Error {
     /// I/O (metrics listener and the like).
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    /// The crawl's streams exist in a shape this spider cannot use.
+    #[error("{0}")]
+    Topology(String),
 }
 
 impl Error {
     /// Whether trying again later may succeed (as opposed to a poison message).
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, Error::Malformed(_))
+        !matches!(self, Error::Malformed(_) | Error::Topology(_))
     }
 
     pub(crate) fn js(op: &'static str, e: impl std::fmt::Display) -> Self {

@@ -4,10 +4,12 @@
 //! - `config`: the spider file (TOML), parsed and validated
 //! - `canon`: canonical URLs, fingerprints, scope and partitions
 //! - `message`: requests, pages (headers + body) and items on the wire
+//! - `hostkey`: what one politeness budget covers (host, domain or address)
 //! - `dupefilter`: seen-fingerprint sets in Redis (compact buckets) or in memory
 //! - `topology`: subjects, streams, consumers, dead letters
 //! - `consume`: the pull loop every JetStream stage runs
 //! - `telemetry`: tracing, Prometheus metrics, health endpoints
+//! - `presence`: live instances and partition leases (a KV bucket per crawl)
 //! - `shutdown`: signals to a cancellation token
 //! - `status`: stream depths and consumer lag for `jetcrawl status`
 //! - `error`: classified errors
@@ -17,7 +19,9 @@ pub mod config;
 pub mod consume;
 pub mod dupefilter;
 pub mod error;
+pub mod hostkey;
 pub mod message;
+pub mod presence;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;

@@ -65,6 +65,26 @@ pub struct CrawlRequest {
     /// The last retryable error, kept for the final page record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The politeness key, when it is not derived from the URL alone (`per = "ip"`:
+    /// the address the parser resolved, so partition and pacing agree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// Message id of a planned request, and of the page it produces: fingerprint and depth.
+/// A URL planned again at a shallower depth gets a new id, so the duplicate windows do
+/// not swallow it; the same request published twice keeps one.
+pub fn request_id(fp: u64, depth: u32) -> String {
+    format!("{fp:016x}-d{depth}")
+}
+
+impl CrawlRequest {
+    /// The message id of the page this request produces.
+    pub fn page_msg_id(&self, fp: u64) -> String {
+        self.page_id
+            .clone()
+            .unwrap_or_else(|| request_id(fp, self.depth))
+    }
 }
 
 fn is_zero(n: &u32) -> bool {

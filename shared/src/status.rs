@@ -6,7 +6,8 @@ use async_nats::jetstream;
 use serde::Serialize;
 
 use crate::error::Error;
-use crate::topology::{Names, Role};
+use crate::presence;
+use crate::topology::{self, Names, Role};
 
 /// One crawl's state.
 #[derive(Debug, Clone, Serialize)]
@@ -15,8 +16,42 @@ pub struct Status {
     pub crawl: String,
     /// The four streams.
     pub streams: Vec<StreamStatus>,
-    /// The durable consumers.
+    /// The durable consumers (`fetcher`: all frontier partitions together).
     pub consumers: Vec<ConsumerStatus>,
+    /// Live fetchers and what they own.
+    pub fetchers: Vec<FetcherStatus>,
+    /// Each frontier partition and its owner.
+    pub partitions: Vec<PartitionStatus>,
+}
+
+/// A live fetcher, from its heartbeat.
+#[derive(Debug, Clone, Serialize)]
+pub struct FetcherStatus {
+    /// Instance id (`<host>-<pid>-<random>`).
+    pub id: String,
+    /// Machine or pod.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// jetcrawl version.
+    pub version: String,
+    /// Partitions it owns.
+    pub partitions: Vec<u32>,
+    /// Milliseconds since its last heartbeat.
+    pub heartbeat_age_ms: i64,
+}
+
+/// A frontier partition.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionStatus {
+    /// Its number (`frontier.<p>`).
+    pub partition: u32,
+    /// The fetcher that owns it, if any does now.
+    pub owner: Option<String>,
+    /// Requests waiting in it.
+    pub pending: u64,
+    /// Requests its owner holds (waiting for their host or in flight).
+    pub ack_pending: usize,
 }
 
 /// A stream's size.
@@ -84,8 +119,9 @@ impl Status {
     }
 }
 
-/// Read the crawl's streams and consumers.
-pub async fn collect(js: &jetstream::Context, names: &Names) -> Result<Status, Error> {
+/// Read the crawl's streams, consumers, fetchers and partitions.
+pub async fn collect(js: &jetstream::Context, spider: &crate::Spider) -> Result<Status, Error> {
+    let names = &Names::new(&spider.name);
     let mut streams = Vec::new();
     for name in names.streams() {
         let status = match js.get_stream(&name).await {
@@ -108,51 +144,89 @@ pub async fn collect(js: &jetstream::Context, names: &Names) -> Result<Status, E
         streams.push(status);
     }
     let mut consumers = Vec::new();
-    for role in [Role::Seeds, Role::Fetcher, Role::Parser, Role::Sink] {
+    for role in [Role::Seeds, Role::Parser, Role::Sink] {
         let stream = names.stream_of(role);
         let name = role.consumer_name().to_string();
-        let info = match js.get_stream(&stream).await {
-            Ok(s) => match s
-                .get_consumer::<jetstream::consumer::pull::Config>(&name)
-                .await
-            {
-                Ok(mut c) => c.info().await.ok().cloned(),
-                Err(_) => None,
-            },
-            Err(_) => None,
-        };
-        consumers.push(match info {
-            Some(i) => ConsumerStatus {
-                stream,
-                name,
-                exists: true,
-                pending: i.num_pending,
-                ack_pending: i.num_ack_pending,
-                redelivered: i.num_redelivered,
-                waiting: i.num_waiting,
-                acked: i.ack_floor.consumer_sequence,
-                paused: i.paused,
-                rate_per_sec: None,
-            },
-            None => ConsumerStatus {
-                stream,
-                name,
-                exists: false,
-                pending: 0,
-                ack_pending: 0,
-                redelivered: 0,
-                waiting: 0,
-                acked: 0,
-                paused: false,
-                rate_per_sec: None,
-            },
+        let info = consumer_info(js, &stream, &name).await;
+        consumers.push(ConsumerStatus::from_info(stream, name, info.as_ref()));
+    }
+    // Read only: looking at a crawl creates nothing.
+    let live = match js.get_key_value(presence::bucket_name(&spider.name)).await {
+        Ok(store) => presence::read(&store).await.unwrap_or_default(),
+        Err(_) => presence::Live::default(),
+    };
+    let frontier = names.frontier_stream();
+    let mut fetcher = ConsumerStatus::from_info(frontier.clone(), "fetcher".into(), None);
+    let mut partitions = Vec::new();
+    for p in 0..spider.streams.partitions {
+        let info = consumer_info(js, &frontier, &topology::partition_consumer_name(p)).await;
+        if let Some(i) = &info {
+            fetcher.exists = true;
+            fetcher.pending += i.num_pending;
+            fetcher.ack_pending += i.num_ack_pending;
+            fetcher.redelivered += i.num_redelivered;
+            fetcher.waiting += i.num_waiting;
+            fetcher.acked += i.ack_floor.consumer_sequence;
+        }
+        partitions.push(PartitionStatus {
+            partition: p,
+            owner: live.owners.get(&p).cloned(),
+            pending: info.as_ref().map_or(0, |i| i.num_pending),
+            ack_pending: info.as_ref().map_or(0, |i| i.num_ack_pending),
         });
     }
+    consumers.insert(1, fetcher);
+    let now = chrono::Utc::now();
+    let fetchers = live
+        .instances
+        .into_iter()
+        .filter(|i| i.stage == "fetcher")
+        .map(|i| FetcherStatus {
+            heartbeat_age_ms: (now - i.heartbeat_at).num_milliseconds().max(0),
+            id: i.id,
+            host: i.host,
+            pid: i.pid,
+            version: i.version,
+            partitions: i.partitions,
+        })
+        .collect();
     Ok(Status {
         crawl: names.crawl().to_string(),
         streams,
         consumers,
+        fetchers,
+        partitions,
     })
+}
+
+async fn consumer_info(
+    js: &jetstream::Context,
+    stream: &str,
+    name: &str,
+) -> Option<jetstream::consumer::Info> {
+    let s = js.get_stream(stream).await.ok()?;
+    let mut c = s
+        .get_consumer::<jetstream::consumer::pull::Config>(name)
+        .await
+        .ok()?;
+    c.info().await.ok().cloned()
+}
+
+impl ConsumerStatus {
+    fn from_info(stream: String, name: String, info: Option<&jetstream::consumer::Info>) -> Self {
+        ConsumerStatus {
+            stream,
+            name,
+            exists: info.is_some(),
+            pending: info.map_or(0, |i| i.num_pending),
+            ack_pending: info.map_or(0, |i| i.num_ack_pending),
+            redelivered: info.map_or(0, |i| i.num_redelivered),
+            waiting: info.map_or(0, |i| i.num_waiting),
+            acked: info.map_or(0, |i| i.ack_floor.consumer_sequence),
+            paused: info.is_some_and(|i| i.paused),
+            rate_per_sec: None,
+        }
+    }
 }
 
 impl fmt::Display for Status {
@@ -185,6 +259,34 @@ impl fmt::Display for Status {
             } else {
                 writeln!(f, "{:<34} {:<8} {:>10}", c.stream, c.name, "(missing)")?;
             }
+        }
+        writeln!(
+            f,
+            "{:<40} {:<24} {:>6} {:>10} {:>9}",
+            "FETCHER", "HOST", "PID", "PARTITIONS", "HEARTBEAT"
+        )?;
+        if self.fetchers.is_empty() {
+            writeln!(f, "(no live fetcher)")?;
+        }
+        for x in &self.fetchers {
+            writeln!(
+                f,
+                "{:<40} {:<24} {:>6} {:>10} {:>7}ms",
+                x.id,
+                x.host,
+                x.pid,
+                x.partitions.len(),
+                x.heartbeat_age_ms
+            )?;
+        }
+        let unowned: Vec<String> = self
+            .partitions
+            .iter()
+            .filter(|p| p.owner.is_none())
+            .map(|p| p.partition.to_string())
+            .collect();
+        if !unowned.is_empty() {
+            writeln!(f, "partitions without an owner: {}", unowned.join(", "))?;
         }
         Ok(())
     }

@@ -77,6 +77,20 @@ pub struct Metrics {
     pub build_info: Family<Labels, Gauge>,
     /// Resident memory of this process, read at each scrape.
     pub resident_memory: Gauge,
+    /// Requests put off because their host's robots.txt could not be read.
+    pub robots_deferred: Counter,
+    /// Requests put back in the frontier because their wait would be long.
+    pub handed_back: Counter,
+    /// Frontier partitions this fetcher owns.
+    pub partitions_owned: Gauge,
+    /// Partition leases taken, handed over and lost, by `change`.
+    pub lease_changes: Family<Labels, Counter>,
+    /// Live fetchers, as this one sees them.
+    pub live_fetchers: Gauge,
+    /// Hosts with requests waiting in this fetcher.
+    pub hosts_queued: Gauge,
+    /// Requests waiting for their host in this fetcher.
+    pub requests_queued: Gauge,
 }
 
 impl Default for Metrics {
@@ -113,6 +127,13 @@ impl Metrics {
             consumer_paused: Family::default(),
             build_info: Family::default(),
             resident_memory: Gauge::default(),
+            robots_deferred: Counter::default(),
+            handed_back: Counter::default(),
+            partitions_owned: Gauge::default(),
+            lease_changes: Family::default(),
+            live_fetchers: Gauge::default(),
+            hosts_queued: Gauge::default(),
+            requests_queued: Gauge::default(),
         };
         r.register(
             "pages_fetched",
@@ -213,6 +234,41 @@ impl Metrics {
                 env!("CARGO_PKG_VERSION").to_string(),
             )])
             .set(1);
+        r.register(
+            "robots_deferred",
+            "Requests put off while their host's robots.txt could not be read",
+            m.robots_deferred.clone(),
+        );
+        r.register(
+            "requests_handed_back",
+            "Requests put back in the frontier because their host could not take them soon",
+            m.handed_back.clone(),
+        );
+        r.register(
+            "partitions_owned",
+            "Frontier partitions this fetcher owns",
+            m.partitions_owned.clone(),
+        );
+        r.register(
+            "lease_changes",
+            "Partition leases acquired, released and lost",
+            m.lease_changes.clone(),
+        );
+        r.register(
+            "live_fetchers",
+            "Live fetchers of the crawl, as this fetcher sees them",
+            m.live_fetchers.clone(),
+        );
+        r.register(
+            "hosts_queued",
+            "Hosts with requests waiting in this fetcher",
+            m.hosts_queued.clone(),
+        );
+        r.register(
+            "requests_queued",
+            "Requests waiting for their host in this fetcher",
+            m.requests_queued.clone(),
+        );
         m.registry = Arc::new(r);
         m
     }

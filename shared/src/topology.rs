@@ -141,10 +141,28 @@ pub async fn connect(
     }
 }
 
-/// Create or update the crawl's four streams.
+/// FRONTIER's metadata key for the partition count the crawl was created with.
+const PARTITIONS_KEY: &str = "jetcrawl.partitions";
+
+/// Create or update the crawl's four streams. Refuses a spider whose partition count
+/// differs from the one the crawl was created with: requests already in the frontier
+/// are partitioned by it, and owners would pace one host from two partitions.
 pub async fn ensure_streams(js: &jetstream::Context, spider: &Spider) -> Result<(), Error> {
     let names = Names::new(&spider.name);
     let s = &spider.streams;
+    if let Ok(mut frontier) = js.get_stream(names.frontier_stream()).await {
+        if let Ok(info) = frontier.info().await {
+            let created = info.config.metadata.get(PARTITIONS_KEY).cloned();
+            if let Some(created) = created.filter(|c| *c != s.partitions.to_string()) {
+                return Err(Error::Topology(format!(
+                    "crawl {} was created with [streams] partitions = {created}; this spider says {}. \
+                     The partition count of a crawl cannot change: set it back to {created}, \
+                     or start a new crawl under another name",
+                    spider.name, s.partitions
+                )));
+            }
+        }
+    }
     let hours = |h: u64| Duration::from_secs(h * 3600);
     let configs = [
         stream::Config {
@@ -159,6 +177,7 @@ pub async fn ensure_streams(js: &jetstream::Context, spider: &Spider) -> Result<
             max_messages: s.frontier_max_msgs,
             storage: StorageType::File,
             duplicate_window: Duration::from_secs(s.duplicate_window_secs),
+            metadata: [(PARTITIONS_KEY.to_string(), s.partitions.to_string())].into(),
             ..Default::default()
         },
         stream::Config {
@@ -242,6 +261,61 @@ pub async fn ensure_consumer(
         ..Default::default()
     };
     create_consumer(js, &names.stream_of(role), config).await
+}
+
+/// The durable consumer of one frontier partition.
+pub fn partition_consumer_name(partition: u32) -> String {
+    format!("fetcher-{partition}")
+}
+
+/// Create or update the consumer of frontier partition `partition`: only the fetcher
+/// that owns the partition pulls from it.
+pub async fn ensure_partition_consumer(
+    js: &jetstream::Context,
+    spider: &Spider,
+    partition: u32,
+    max_ack_pending: i64,
+) -> Result<PullConsumer, Error> {
+    let names = Names::new(&spider.name);
+    let config = pull::Config {
+        durable_name: Some(partition_consumer_name(partition)),
+        description: Some(format!(
+            "jetcrawl {} frontier partition {partition}",
+            spider.name
+        )),
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: spider.streams.ack_wait(),
+        max_deliver: -1,
+        max_ack_pending,
+        filter_subject: names.frontier_subject(partition),
+        ..Default::default()
+    };
+    match create_consumer(js, &names.frontier_stream(), config.clone()).await {
+        Ok(c) => Ok(c),
+        Err(first) => {
+            // A crawl started by an older jetcrawl has one consumer over all
+            // partitions, which a work queue does not let overlap with these.
+            if retire_shared_fetcher_consumer(js, spider).await {
+                create_consumer(js, &names.frontier_stream(), config).await
+            } else {
+                Err(first)
+            }
+        }
+    }
+}
+
+/// Delete the single `fetcher` consumer of older versions, if there is one; its
+/// unacknowledged requests return to the partitions' consumers.
+pub async fn retire_shared_fetcher_consumer(js: &jetstream::Context, spider: &Spider) -> bool {
+    let names = Names::new(&spider.name);
+    match js.get_stream(names.frontier_stream()).await {
+        Ok(stream) => stream
+            .delete_consumer(Role::Fetcher.consumer_name())
+            .await
+            .is_ok(),
+        Err(_) => false,
+    }
 }
 
 /// Where a replay of PAGES starts.

@@ -63,6 +63,7 @@ pub async fn run(cfg: SinkConfig, shutdown: CancellationToken) -> Result<(), Sin
         poison_deliveries: 25,
         drain_deadline: Duration::from_secs(5),
         replay: None,
+        partition: None,
     };
     consume::consume(
         js,

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use jetcrawl_parser::schedule::{Dedup, Planned};
+use jetcrawl_shared::dupefilter::Seen;
 use jetcrawl_shared::message::CrawlRequest;
 
 use super::progress::Stats;
@@ -27,7 +28,7 @@ pub enum Event {
         /// Requests for the links (not yet checked against the dupefilter).
         requests: Vec<Planned>,
         /// Fingerprints to mark seen besides (a redirect's target).
-        also_seen: Vec<u64>,
+        also_seen: Vec<Seen>,
     },
     /// Fetch again after `delay` (a retryable failure, or a host too busy to wait on).
     Later {
@@ -96,7 +97,7 @@ impl Frontier {
     pub async fn add(
         &mut self,
         requests: Vec<Planned>,
-        also_seen: Vec<u64>,
+        also_seen: Vec<Seen>,
     ) -> Result<(), jetcrawl_parser::ParseError> {
         let fresh = self.dedup.fresh(&requests).await?;
         self.queue.extend(fresh.iter().map(|p| p.request.clone()));

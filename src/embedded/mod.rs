@@ -31,7 +31,7 @@
 //! # Identical behaviour
 //! Robots, politeness, HTTP limits, retries, canonicalization, scope and depth are the
 //! stage crates' own code: [`jetcrawl_fetcher::Fetcher::fetch`],
-//! [`jetcrawl_parser::Rules::parse`], [`jetcrawl_parser::schedule::plan`] and
+//! [`jetcrawl_parser::Rules::parse`], [`jetcrawl_parser::schedule::Planner`] and
 //! [`jetcrawl_parser::schedule::Dedup`] (check → send → add, as the JetStream parser),
 //! [`jetcrawl_sink::Store::store`]. A `Retry` or `Busy` outcome waits in the scheduler's
 //! retry heap for its delay, instead of a delayed nak.
@@ -59,13 +59,12 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use jetcrawl_fetcher::{FetchOutcome, Fetcher};
-use jetcrawl_parser::schedule::{plan, Dedup};
+use jetcrawl_fetcher::{FetchOutcome, Fetcher, FetcherOptions};
+use jetcrawl_parser::schedule::{Dedup, Planner};
 use jetcrawl_parser::Rules;
-use jetcrawl_shared::dupefilter::{Dupefilter, MemoryDupefilter};
+use jetcrawl_shared::dupefilter::{Dupefilter, MemoryDupefilter, Seen};
 use jetcrawl_shared::message::{CrawlRequest, Item, Page};
 use jetcrawl_shared::telemetry::Metrics;
-use jetcrawl_shared::topology::Names;
 use jetcrawl_shared::CompiledSpider;
 
 use frontier::{Event, Frontier};
@@ -88,15 +87,18 @@ pub async fn run(opts: CrawlOptions, stop: CancellationToken) -> anyhow::Result<
     let rules = Arc::new(Rules::new(&spider)?);
     let metrics = Metrics::new();
     let spider = Arc::new(spider);
-    let fetcher = Fetcher::new(spider.clone(), usize::MAX, metrics.clone())
-        .context("setting up the fetcher")?;
+    let options = FetcherOptions::bounded_by_caller(
+        usize::MAX,
+        spider.spider.politeness.concurrency_per_host,
+    );
+    let fetcher =
+        Fetcher::new(spider.clone(), options, metrics.clone()).context("setting up the fetcher")?;
     let stats = Arc::new(Stats::default());
     let dedup = Dedup {
         dupefilter: Dupefilter::Memory(MemoryDupefilter::default()),
         metrics: metrics.clone(),
     };
-    let names = Names::new(spider.name());
-    let partitions = spider.spider.streams.partitions;
+    let planner = Planner::new(&spider.spider);
 
     let mut frontier = Frontier::new(dedup, stats.clone());
     let mut seeds = Vec::new();
@@ -107,7 +109,7 @@ pub async fn run(opts: CrawlOptions, stop: CancellationToken) -> anyhow::Result<
         }
     }
     frontier
-        .add(plan(&names, partitions, &seeds, 0), Vec::new())
+        .add(planner.plan(&seeds, 0).await, Vec::new())
         .await?;
     anyhow::ensure!(
         !frontier.is_idle(),
@@ -150,8 +152,7 @@ pub async fn run(opts: CrawlOptions, stop: CancellationToken) -> anyhow::Result<
     ));
     let parsing = tokio::spawn(parse_pages(ParseStage {
         rules: rules.clone(),
-        names,
-        partitions,
+        planner,
         pages: pages_rx,
         items: items_tx,
         events: events_tx.clone(),
@@ -195,7 +196,7 @@ impl FetchStage {
     /// scheduler. Shutdown cancels the fetch (the request dies with the in-memory frontier).
     async fn fetch(self, req: CrawlRequest, permit: OwnedSemaphorePermit) {
         let outcome = tokio::select! {
-            out = self.fetcher.fetch(&req) => out,
+            out = self.fetcher.fetch(&req, None) => out,
             _ = self.stop.cancelled() => {
                 let _ = self.events.send(Event::Dropped).await;
                 return;
@@ -222,9 +223,14 @@ impl FetchStage {
                 tracing::info!(url = %request.url, error = request.last_error.as_deref().unwrap_or(""), retry_in_ms = delay.as_millis() as u64, "will retry");
                 Event::Later { request, delay }
             }
-            FetchOutcome::Busy(delay) => Event::Later {
+            FetchOutcome::Later(delay) => Event::Later {
                 request: req,
                 delay,
+            },
+            // No leases in one process.
+            FetchOutcome::Revoked => Event::Later {
+                request: req,
+                delay: Duration::ZERO,
             },
             FetchOutcome::Invalid(reason) => {
                 tracing::warn!(url = %req.url, reason = %reason, "request dropped");
@@ -248,8 +254,7 @@ async fn settle_parse_task(done: Result<(), tokio::task::JoinError>, events: &mp
 
 struct ParseStage {
     rules: Arc<Rules>,
-    names: Names,
-    partitions: u32,
+    planner: Planner,
     pages: mpsc::Receiver<Box<Page>>,
     items: mpsc::Sender<Item>,
     events: mpsc::Sender<Event>,
@@ -268,13 +273,17 @@ async fn parse_pages(mut stage: ParseStage) {
             break;
         };
         let rules = stage.rules.clone();
-        let (names, partitions) = (stage.names.clone(), stage.partitions);
+        let planner = stage.planner.clone();
         let (items, events) = (stage.items.clone(), stage.events.clone());
         let (metrics, stats) = (stage.metrics.clone(), stage.stats.clone());
         tasks.spawn(async move {
             let depth = page.depth;
             let url = page.url.clone();
-            let also_seen: Vec<u64> = rules.redirect_target(&page).into_iter().collect();
+            let also_seen: Vec<Seen> = rules
+                .redirect_target(&page)
+                .map(|fp| (fp, depth))
+                .into_iter()
+                .collect();
             let extracted = match rules.parse_off_runtime(page).await {
                 Ok(x) => x,
                 Err(e) => {
@@ -293,12 +302,9 @@ async fn parse_pages(mut stage: ParseStage) {
                     break; // the sink failed; the crawl is stopping
                 }
             }
-            let requests = plan(
-                &names,
-                partitions,
-                &extracted.links,
-                depth.saturating_add(1),
-            );
+            let requests = planner
+                .plan(&extracted.links, depth.saturating_add(1))
+                .await;
             let _ = events
                 .send(Event::Parsed {
                     requests,

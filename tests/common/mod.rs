@@ -6,13 +6,15 @@
 //! axum server for it, request log) · `proxy` (a cuttable TCP forwarder) · `service`
 //! (crawler child processes) · `jetstream` (stream/consumer state, idle detection, dead
 //! letters, stored records) · `hostile` (the site's hostile pages under `/hostile/`,
-//! reached only when seeded) · this file (`Harness`, `wait_until`, item comparison, log
+//! reached only when seeded) · `hosts` (a site of many loopback hosts, every request
+//! logged with its sender and timing) · this file (`Harness`, `wait_until`, item comparison, log
 //! dumps on failure).
 #![allow(dead_code, unused_imports)]
 
 pub mod catalogue;
 pub mod db;
 pub mod hostile;
+pub mod hosts;
 pub mod jetstream;
 pub mod proxy;
 pub mod servers;
@@ -268,6 +270,38 @@ impl Harness {
     /// Starts a service against this harness's servers.
     pub fn spawn(&self, role: Role) -> Service {
         self.spawn_with_database_url(role, &self.db.url())
+    }
+
+    /// Replaces the spider file, for a test crawling another site than [`Site`]
+    /// (its `name` must be [`Harness::crawl`]). Call it before starting services.
+    pub fn write_spider(&self, toml: &str) {
+        std::fs::write(&self.spider, toml).expect("write spider");
+    }
+
+    /// Starts a service with `extra_args` after the usual flags and `extra_env` in its
+    /// environment (e.g. `--local-address` for a fetcher).
+    pub fn spawn_with(
+        &self,
+        role: Role,
+        extra_args: &[String],
+        extra_env: &[(String, String)],
+    ) -> Service {
+        let (name, log) = self.next_log(role.as_str());
+        let (mut args, mut env) = self.command(role.as_str(), &self.db.url());
+        args.extend(["--metrics-addr".to_string(), "127.0.0.1:0".to_string()]);
+        args.extend(extra_args.iter().cloned());
+        env.extend(extra_env.iter().cloned());
+        let service = Service::spawn(ServiceSpec {
+            name,
+            args,
+            env,
+            log,
+        });
+        self.services
+            .lock()
+            .expect("services")
+            .push(service.state());
+        service
     }
 
     /// Starts a service whose database URL is `database_url` (e.g. through a proxy).

@@ -170,6 +170,26 @@ impl Service {
             .status();
     }
 
+    /// SIGSTOP: the process stays, frozen (as a long GC pause or a suspended VM).
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT after [`Service::pause`].
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.pid.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{name} {} ({}) failed", self.pid, self.state.name);
+    }
+
     /// Waits for the process to end; panics after `timeout`.
     pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let ended = tokio::time::timeout(timeout, self.done.wait_for(|done| *done))

@@ -198,9 +198,9 @@ async fn check_then_add(df: &Dupefilter, fps: &Arc<Vec<u64>>, args: &Args) -> Re
                 if start >= fps.len() {
                     return Ok::<(), anyhow::Error>(());
                 }
-                let chunk = &fps[start..(start + batch).min(fps.len())];
-                let checked = df.check(chunk).await.context("dupefilter check")?;
-                let new: Vec<u64> = chunk
+                let chunk = with_depths(&fps[start..(start + batch).min(fps.len())]);
+                let checked = df.check(&chunk).await.context("dupefilter check")?;
+                let new: Vec<(u64, u32)> = chunk
                     .iter()
                     .zip(&checked)
                     .filter(|(_, &was_seen)| !was_seen)
@@ -233,6 +233,12 @@ async fn check_then_add(df: &Dupefilter, fps: &Arc<Vec<u64>>, args: &Args) -> Re
     Ok(seen.load(Ordering::Relaxed))
 }
 
+/// Each fingerprint at a depth of 0 to 11, as a crawl's links would be (a depth is
+/// part of the stored member, and a check asks for every depth up to its own).
+fn with_depths(fps: &[u64]) -> Vec<(u64, u32)> {
+    fps.iter().map(|&fp| (fp, (fp % 12) as u32)).collect()
+}
+
 /// Checks `fps` (no add) and counts those whose answer is `seen`.
 async fn count_seen(df: &Dupefilter, fps: &[u64], args: &Args, seen: bool) -> Result<u64> {
     let fps = Arc::new(fps.to_vec());
@@ -248,8 +254,8 @@ async fn count_seen(df: &Dupefilter, fps: &[u64], args: &Args, seen: bool) -> Re
                 if start >= fps.len() {
                     return Ok::<u64, anyhow::Error>(count);
                 }
-                let chunk = &fps[start..(start + batch).min(fps.len())];
-                let checked = df.check(chunk).await.context("dupefilter check")?;
+                let chunk = with_depths(&fps[start..(start + batch).min(fps.len())]);
+                let checked = df.check(&chunk).await.context("dupefilter check")?;
                 count += checked.iter().filter(|&&s| s == seen).count() as u64;
             }
         });

@@ -45,6 +45,8 @@ pub struct HttpConfig {
     pub allow_private_networks: bool,
     /// Scope check applied to every redirect target; `None` allows any.
     pub allowed_hosts: Option<ScopeCheck>,
+    /// Source address for outgoing connections (a multi-homed fetcher host).
+    pub local_address: Option<std::net::IpAddr>,
 }
 
 impl Default for HttpConfig {
@@ -59,6 +61,7 @@ impl Default for HttpConfig {
             max_header_bytes: 64 * 1024,
             allow_private_networks: false,
             allowed_hosts: None,
+            local_address: None,
         }
     }
 }
@@ -123,6 +126,7 @@ impl HttpClient {
             .read_timeout(cfg.read_timeout)
             .http2_max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
             .dns_resolver(Arc::new(resolver))
+            .local_address(cfg.local_address)
             .build()
             .map_err(|e| FetchError::Http(describe(&e)))?;
         Ok(HttpClient {

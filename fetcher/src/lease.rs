@@ -1,0 +1,306 @@
+//! Partition ownership: each `frontier.<p>` is fetched by exactly one live fetcher.
+//!
+//! Every fetcher heartbeats in the crawl's KV bucket (`fetcher.<id>`) and assigns
+//! partitions by rendezvous hashing over the live fetchers it sees, so a join or a
+//! leave moves about P/n partitions. It takes a partition assigned to it by creating
+//! `partition.<p>` (only if absent) and keeps it by compare-and-set renewals every
+//! [`HEARTBEAT_EVERY`]; the entry vanishes [`LIVE_TTL`] after the last renewal, so a
+//! dead owner's partitions are taken again within about that.
+//!
+//! **Fencing.** A fetcher that cannot renew (paused, cut off) must stop before its
+//! entry can expire and another take over: a lease [`Lease::holds`] only until
+//! `sent + LIVE_TTL - FENCE_MARGIN`, where `sent` is when its last successful renewal
+//! left this process (the server stamps the entry later than that). Monotonic time
+//! keeps running while a process is stopped, so a fetcher resumed after SIGSTOP sees
+//! its leases ended and starts nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::kv::{self, CreateErrorKind, UpdateErrorKind};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use jetcrawl_shared::presence::{self, partition_key, Instance, HEARTBEAT_EVERY, LIVE_TTL};
+use jetcrawl_shared::telemetry::Metrics;
+
+/// How long before its entry could expire a lease stops holding.
+pub const FENCE_MARGIN: Duration = Duration::from_secs(3);
+
+/// One owned partition.
+#[derive(Debug)]
+pub struct Lease {
+    /// The partition.
+    pub partition: u32,
+    /// Cancelled when the partition is handed over, lost, or the process stops.
+    pub revoked: CancellationToken,
+    base: Instant,
+    /// Milliseconds after `base` at which the lease stops holding.
+    until_ms: AtomicU64,
+}
+
+impl Lease {
+    fn new(partition: u32, sent: Instant, parent: &CancellationToken) -> Self {
+        let lease = Lease {
+            partition,
+            revoked: parent.child_token(),
+            base: sent,
+            until_ms: AtomicU64::new(0),
+        };
+        lease.extend(sent);
+        lease
+    }
+
+    /// Whether a request to one of the partition's hosts may start now.
+    pub fn holds(&self) -> bool {
+        !self.revoked.is_cancelled()
+            && (self.base.elapsed().as_millis() as u64) < self.until_ms.load(Ordering::Acquire)
+    }
+
+    /// A renewal sent at `sent` succeeded.
+    fn extend(&self, sent: Instant) {
+        let until = sent.saturating_duration_since(self.base) + LIVE_TTL - FENCE_MARGIN;
+        self.until_ms
+            .fetch_max(until.as_millis() as u64, Ordering::AcqRel);
+    }
+}
+
+/// The fetcher that owns `partition` among `live` fetcher ids: the highest score.
+pub fn assigned_owner<'a>(partition: u32, live: &'a [String]) -> Option<&'a str> {
+    live.iter()
+        .max_by_key(|id| rendezvous(id, partition))
+        .map(String::as_str)
+}
+
+fn rendezvous(id: &str, partition: u32) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(format!("{id}/{partition}").as_bytes())
+}
+
+/// What runs a partition while it is owned: started on acquisition, it must return
+/// once `lease.revoked` is cancelled and the partition's hosts are quiet.
+pub trait PartitionRunner: Send + Sync + 'static {
+    /// Fetch the partition until its lease is revoked.
+    fn run(&self, lease: Arc<Lease>) -> impl std::future::Future<Output = ()> + Send;
+}
+
+struct Held {
+    lease: Arc<Lease>,
+    revision: u64,
+    /// Handing over: the runner is winding down, the entry is deleted when it is done.
+    releasing: bool,
+}
+
+/// Keep this fetcher's heartbeat and leases until `shutdown`; run `runner` on every
+/// partition it owns. Returns once every partition is handed back.
+pub async fn own_partitions<R: PartitionRunner>(
+    store: kv::Store,
+    mut me: Instance,
+    partitions: u32,
+    runner: Arc<R>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let mut held: BTreeMap<u32, Held> = BTreeMap::new();
+    let mut running = JoinSet::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<u32>();
+    let mut ticker = tokio::time::interval(HEARTBEAT_EVERY / 2);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_beat: Option<Instant> = None;
+    let change = |what: &str| {
+        metrics
+            .lease_changes
+            .get_or_create(&vec![("change".to_string(), what.to_string())])
+            .inc();
+    };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(p) = done_rx.recv() => {
+                if let Some(h) = held.remove(&p) {
+                    // Handed over: let the next owner in at once.
+                    let _ = store
+                        .delete_expect_revision(partition_key(p), Some(h.revision))
+                        .await;
+                    change("released");
+                    tracing::info!(partition = p, "partition handed over");
+                }
+                continue;
+            }
+            _ = ticker.tick() => {}
+        }
+        while running.try_join_next().is_some() {}
+        renew(&store, &me, &mut held, &change).await;
+        me.partitions = held.keys().copied().collect();
+        if last_beat.is_none_or(|t| t.elapsed() >= HEARTBEAT_EVERY) {
+            match presence::beat(&store, &mut me).await {
+                Ok(()) => last_beat = Some(Instant::now()),
+                Err(e) => tracing::warn!(error = %e, "heartbeat not written"),
+            }
+        }
+        let live = match presence::read(&store).await {
+            Ok(live) => live,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read live fetchers; keeping what is owned");
+                continue;
+            }
+        };
+        let mut fetchers: Vec<String> = live
+            .instances
+            .iter()
+            .filter(|i| i.stage == "fetcher")
+            .map(|i| i.id.clone())
+            .collect();
+        if !fetchers.contains(&me.id) {
+            fetchers.push(me.id.clone());
+        }
+        metrics.live_fetchers.set(fetchers.len() as i64);
+        for p in 0..partitions {
+            let mine = assigned_owner(p, &fetchers) == Some(me.id.as_str());
+            match held.get_mut(&p) {
+                Some(h) if !mine && !h.releasing => {
+                    h.releasing = true;
+                    h.lease.revoked.cancel();
+                }
+                Some(_) => {}
+                None if mine && !live.owners.contains_key(&p) => {
+                    let sent = Instant::now();
+                    match store.create(partition_key(p), me.id.clone().into()).await {
+                        Ok(revision) => {
+                            let lease = Arc::new(Lease::new(p, sent, &shutdown));
+                            held.insert(
+                                p,
+                                Held {
+                                    lease: lease.clone(),
+                                    revision,
+                                    releasing: false,
+                                },
+                            );
+                            change("acquired");
+                            tracing::info!(partition = p, "partition acquired");
+                            let (runner, done) = (runner.clone(), done_tx.clone());
+                            running.spawn(async move {
+                                runner.run(lease).await;
+                                let _ = done.send(p);
+                            });
+                        }
+                        Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
+                        Err(e) => tracing::debug!(partition = p, error = %e, "lease not taken"),
+                    }
+                }
+                None => {}
+            }
+        }
+        metrics.partitions_owned.set(held.len() as i64);
+    }
+    // Shutdown: every lease is revoked (child tokens); wait for the runners to wind
+    // down, then free the partitions so the other fetchers take them at once.
+    while running.join_next().await.is_some() {}
+    for (p, h) in held {
+        let _ = store
+            .delete_expect_revision(partition_key(p), Some(h.revision))
+            .await;
+    }
+    metrics.partitions_owned.set(0);
+    let _ = store.delete(me.key()).await;
+}
+
+/// Renew every held lease (compare-and-set on its revision, all at once). A lease
+/// whose entry changed hands or expired is lost: its runner is told to stop.
+async fn renew(
+    store: &kv::Store,
+    me: &Instance,
+    held: &mut BTreeMap<u32, Held>,
+    change: &impl Fn(&str),
+) {
+    let sent = Instant::now();
+    let renewals = held.iter().map(|(&p, h)| {
+        let store = store.clone();
+        let id = me.id.clone();
+        let revision = h.revision;
+        async move { (p, store.update(partition_key(p), id.into(), revision).await) }
+    });
+    let results: HashMap<u32, _> = futures::future::join_all(renewals)
+        .await
+        .into_iter()
+        .collect();
+    for (p, result) in results {
+        let Some(h) = held.get_mut(&p) else { continue };
+        match result {
+            Ok(revision) => {
+                h.revision = revision;
+                h.lease.extend(sent);
+            }
+            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                tracing::warn!(partition = p, "partition lease lost to another fetcher");
+                h.lease.revoked.cancel();
+                if !h.releasing {
+                    change("lost");
+                }
+                // The runner still winds down and reports; nothing is deleted then,
+                // the revision no longer matches.
+                h.releasing = true;
+            }
+            Err(e) => {
+                tracing::warn!(partition = p, error = %e, "partition lease not renewed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("host-{i}-abcd")).collect()
+    }
+
+    #[test]
+    fn rendezvous_moves_few_partitions_when_a_fetcher_joins() {
+        let three = ids(3);
+        let four = ids(4);
+        let p = 64;
+        let moved = (0..p)
+            .filter(|&x| assigned_owner(x, &three) != assigned_owner(x, &four))
+            .count();
+        let to_new = (0..p)
+            .filter(|&x| assigned_owner(x, &four) == Some(four[3].as_str()))
+            .count();
+        assert_eq!(moved, to_new, "only partitions the new fetcher takes move");
+        assert!((8..=26).contains(&moved), "about P/4 move: {moved}");
+        for x in 0..p {
+            assert!(assigned_owner(x, &three).is_some());
+        }
+    }
+
+    #[test]
+    fn every_fetcher_computes_the_same_owner() {
+        let mut a = ids(5);
+        let b = a.clone();
+        a.reverse();
+        for x in 0..32 {
+            assert_eq!(assigned_owner(x, &a), assigned_owner(x, &b));
+        }
+        assert_eq!(assigned_owner(0, &[]), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_stops_holding_before_its_entry_can_expire() {
+        let root = CancellationToken::new();
+        let sent = Instant::now();
+        let lease = Lease::new(3, sent, &root);
+        assert!(lease.holds());
+        tokio::time::advance(LIVE_TTL - FENCE_MARGIN - Duration::from_millis(10)).await;
+        assert!(lease.holds());
+        tokio::time::advance(Duration::from_millis(20)).await;
+        assert!(!lease.holds(), "fenced {FENCE_MARGIN:?} before the TTL");
+        lease.extend(Instant::now());
+        assert!(lease.holds(), "a renewal extends it");
+        lease.revoked.cancel();
+        assert!(!lease.holds());
+    }
+}
