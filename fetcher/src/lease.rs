@@ -70,7 +70,7 @@ impl Lease {
 }
 
 /// The fetcher that owns `partition` among `live` fetcher ids: the highest score.
-pub fn assigned_owner<'a>(partition: u32, live: &'a [String]) -> Option<&'a str> {
+pub fn assigned_owner(partition: u32, live: &[String]) -> Option<&str> {
     live.iter()
         .max_by_key(|id| rendezvous(id, partition))
         .map(String::as_str)
