@@ -100,6 +100,26 @@ async fn paused_fetchers_fetch_nothing_anywhere_and_resume_loses_nothing() {
     fetcher1.assert_running();
     fetcher2.assert_running();
 
+    // A fetcher that joins takes partitions over and re-creates their consumers: they
+    // stay paused.
+    let mut fetcher3 = h.spawn(Role::Fetcher);
+    h.wait_until(CRAWL, "three fetchers share the partitions", || async {
+        let status = h.status_json().await;
+        let fetchers = status["fetchers"].as_array().cloned().unwrap_or_default();
+        fetchers.len() == 3
+            && fetchers
+                .iter()
+                .all(|f| f["partitions"].as_array().is_some_and(|p| !p.is_empty()))
+    })
+    .await;
+    tokio::time::sleep(WATCH_PAUSED).await;
+    assert_eq!(
+        total_requests(&h),
+        requests,
+        "requests reached the site after a fetcher joined the paused stage"
+    );
+    assert_eq!(consumer(&h, "fetcher").await["paused"], true);
+
     let out = h.run_command("resume", &["--stage", "fetcher"]).await;
     assert!(out.contains("resumed fetcher"), "{out}");
     h.wait_until(CRAWL, "every item is stored", || async move {
@@ -115,8 +135,14 @@ async fn paused_fetchers_fetch_nothing_anywhere_and_resume_loses_nothing() {
         .collect();
     assert!(twice.is_empty(), "fetched more than once: {twice:?}");
     assert_eq!(consumer(&h, "fetcher").await["paused"], false);
-    h.stop_all(&mut [&mut fetcher1, &mut fetcher2, &mut parser, &mut sink])
-        .await;
+    h.stop_all(&mut [
+        &mut fetcher1,
+        &mut fetcher2,
+        &mut fetcher3,
+        &mut parser,
+        &mut sink,
+    ])
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

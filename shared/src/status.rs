@@ -158,9 +158,12 @@ pub async fn collect(js: &jetstream::Context, spider: &crate::Spider) -> Result<
     let frontier = names.frontier_stream();
     let mut fetcher = ConsumerStatus::from_info(frontier.clone(), "fetcher".into(), None);
     let mut partitions = Vec::new();
+    // Paused when every partition consumer is (`jetcrawl pause --stage fetcher`).
+    fetcher.paused = true;
     for p in 0..spider.streams.partitions {
         let info = consumer_info(js, &frontier, &topology::partition_consumer_name(p)).await;
         if let Some(i) = &info {
+            fetcher.paused &= i.paused;
             fetcher.exists = true;
             fetcher.pending += i.num_pending;
             fetcher.ack_pending += i.num_ack_pending;
@@ -175,6 +178,7 @@ pub async fn collect(js: &jetstream::Context, spider: &crate::Spider) -> Result<
             ack_pending: info.as_ref().map_or(0, |i| i.num_ack_pending),
         });
     }
+    fetcher.paused &= fetcher.exists;
     consumers.insert(1, fetcher);
     let now = chrono::Utc::now();
     let fetchers = live

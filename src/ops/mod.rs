@@ -11,7 +11,8 @@ pub mod requeue;
 
 use clap::ValueEnum;
 
-use jetcrawl_shared::topology::Role;
+use jetcrawl_shared::topology::{self, Names, Role};
+use jetcrawl_shared::Spider;
 
 /// A stage as operators name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -37,13 +38,23 @@ impl Stage {
         }
     }
 
-    /// The durable consumers this stage pulls from.
-    pub fn roles(self) -> &'static [Role] {
+    /// The durable consumers this stage pulls from: (stream, consumer). Fetchers have
+    /// one per frontier partition (`fetcher-<p>`), pulled by the partition's owner.
+    pub fn consumers(self, spider: &Spider) -> Vec<(String, String)> {
+        let names = Names::new(&spider.name);
+        let role = |r: Role| (names.stream_of(r), r.consumer_name().to_string());
         match self {
-            Stage::Fetcher => &[Role::Fetcher],
-            Stage::Parser => &[Role::Parser, Role::Seeds],
-            Stage::Seeds => &[Role::Seeds],
-            Stage::Sink => &[Role::Sink],
+            Stage::Fetcher => (0..spider.streams.partitions)
+                .map(|p| {
+                    (
+                        names.frontier_stream(),
+                        topology::partition_consumer_name(p),
+                    )
+                })
+                .collect(),
+            Stage::Parser => vec![role(Role::Parser), role(Role::Seeds)],
+            Stage::Seeds => vec![role(Role::Seeds)],
+            Stage::Sink => vec![role(Role::Sink)],
         }
     }
 }
