@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{Harness, HarnessOptions, Role};
-use jetcrawl_shared::topology::{Names, Role as ConsumerRole};
+use jetcrawl_shared::topology::{partition_consumer_name, Names, Role as ConsumerRole};
 use jetcrawl_shared::CompiledSpider;
 
 const STARTUP: Duration = Duration::from_secs(60);
@@ -308,20 +308,30 @@ fn spiders_and_autoscalers_agree_on_stream_and_consumer_names() {
     let k8s = CompiledSpider::load(&repo("deploy/k8s/spider.toml")).expect("k8s spider");
     let names = Names::new(k8s.name());
     let keda = read("deploy/k8s/keda.yaml");
-    for (role, stream) in [
-        (ConsumerRole::Fetcher, names.frontier_stream()),
-        (ConsumerRole::Sink, names.items_stream()),
-    ] {
-        assert!(
-            keda.contains(&format!("stream: {stream}\n")),
-            "keda.yaml lacks {stream}"
-        );
-        assert!(
-            keda.contains(&format!("consumer: {}\n", role.consumer_name())),
-            "keda.yaml lacks consumer {}",
-            role.consumer_name()
-        );
-    }
+    // One trigger per frontier partition consumer, the sink's on ITEMS, nothing else.
+    let partitions = k8s.spider.streams.partitions;
+    let mut want: Vec<(String, String)> = (0..partitions)
+        .map(|p| (names.frontier_stream(), partition_consumer_name(p)))
+        .collect();
+    want.push((
+        names.items_stream(),
+        ConsumerRole::Sink.consumer_name().to_string(),
+    ));
+    let streams = keda
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("stream: "));
+    let consumers = keda
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("consumer: "));
+    let got: Vec<(String, String)> = streams
+        .zip(consumers)
+        .map(|(s, c)| (s.to_string(), c.to_string()))
+        .collect();
+    assert_eq!(got, want, "keda.yaml's triggers");
+    assert!(
+        keda.contains(&format!("maxReplicaCount: {partitions}\n")),
+        "at most one fetcher per partition"
+    );
     // The compose stack crawls its own shop service.
     let compose = CompiledSpider::load(&repo("deploy/spider.toml")).expect("compose spider");
     assert_eq!(compose.spider.start_urls, ["http://shop:8080/"]);
