@@ -380,3 +380,86 @@ async fn publish_dead_request(
     .await
     .expect("dead letter stored");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_lists_live_instances_and_flags_work_nobody_pulls() {
+    let h = Harness::start(HarnessOptions::default()).await;
+    let mut fetcher = h.spawn(Role::Fetcher);
+    let mut parser = h.spawn(Role::Parser);
+    let mut sink = h.spawn(Role::Sink);
+    h.wait_topology(STARTUP).await;
+    h.wait_until(STARTUP, "one live instance of each stage", || async {
+        let status = h.status_json().await;
+        let stages: Vec<String> = status["instances"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|i| i["stage"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        stages == ["fetcher", "parser", "sink"]
+    })
+    .await;
+    let status = h.status_json().await;
+    for i in status["instances"].as_array().expect("instances") {
+        assert!(!i["host"].as_str().unwrap_or("").is_empty(), "{i}");
+        assert_eq!(i["version"], env!("CARGO_PKG_VERSION"), "{i}");
+        assert!(
+            i["heartbeat_age_ms"].as_i64().unwrap_or(i64::MAX) < 10_000,
+            "{i}"
+        );
+        assert!(i["heartbeat_at"].as_str().is_some(), "{i}");
+    }
+    for name in ["seeds", "fetcher", "parser", "sink"] {
+        let c = consumer(&h, name).await;
+        assert_eq!(c["live"], 1, "{c}");
+        assert_eq!(c["unattended"], false, "{c}");
+    }
+    let text = h.run_command("status", &[]).await;
+    assert!(!text.contains("WARNING"), "{text}");
+    for stage in ["fetcher ", "parser ", "sink "] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(stage) && l.contains(env!("CARGO_PKG_VERSION"))),
+            "no live {stage}in:\n{text}"
+        );
+    }
+
+    // A parser stopped cleanly leaves at once; it had no work, so nothing is flagged.
+    h.stop_all(&mut [&mut parser]).await;
+    h.wait_until(STARTUP, "the stopped parser is gone", || async {
+        consumer(&h, "parser").await["live"] == 0
+    })
+    .await;
+    assert_eq!(consumer(&h, "parser").await["unattended"], false);
+
+    // A sink killed with work waiting: its heartbeat expires, and status says so.
+    sink.kill9().await;
+    let js = common::jetstream::connect(&h.nats.url()).await;
+    for n in 0..5 {
+        js.publish(
+            format!("jetcrawl.{}.items", h.crawl),
+            format!(r#"{{"n":{n}}}"#).into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    }
+    h.wait_until(
+        STARTUP,
+        "status flags the sink's unattended work",
+        || async {
+            let c = consumer(&h, "sink").await;
+            c["live"] == 0 && c["unattended"] == true && c["pending"] == 5
+        },
+    )
+    .await;
+    let text = h.run_command("status", &[]).await;
+    assert!(
+        text.contains("WARNING: sink has work waiting (5 pending, 0 unacked) and no live sink"),
+        "{text}"
+    );
+    h.stop_all(&mut [&mut fetcher]).await;
+}
