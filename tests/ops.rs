@@ -47,12 +47,38 @@ async fn stream_messages(h: &Harness, kind: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {kind} stream in {status}"))
 }
 
+/// A metric's value in a `/metrics` text (summed over label sets), 0 if absent.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// No request in flight and none waiting for its host, in any of `fetchers`.
+async fn holds_nothing(fetchers: &[&common::Service]) -> bool {
+    for f in fetchers {
+        let (_, text) = f.http_get("/metrics").await;
+        if metric(&text, "jetcrawl_in_flight_messages") > 0.0
+            || metric(&text, "jetcrawl_requests_queued") > 0.0
+        {
+            return false;
+        }
+    }
+    true
+}
+
 fn total_requests(h: &Harness) -> u64 {
     h.site.request_log().values().map(|n| u64::from(*n)).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_fetchers_fetch_nothing_anywhere_and_resume_loses_nothing() {
+    // A pause stops deliveries; what a fetcher already holds (up to its window per
+    // owned partition, 256 by default: this whole site) is still fetched. A small
+    // window keeps most of the frontier in the stream, where the pause holds it.
+    // (The fetchers inherit it; nextest runs each test in a process of its own.)
+    std::env::set_var("JETCRAWL_WINDOW", "32");
     let h = slow_harness().await;
     let expected = h.site.expected_items();
     let total = expected.len() as i64;
@@ -70,11 +96,19 @@ async fn paused_fetchers_fetch_nothing_anywhere_and_resume_loses_nothing() {
 
     let out = h.run_command("pause", &["--stage", "fetcher"]).await;
     assert!(out.contains("paused fetcher"), "{out}");
-    // What the two fetchers held when the pause came is finished and acked...
-    h.wait_until(CRAWL, "the fetchers finished what they held", || async {
-        consumer(&h, "fetcher").await["ack_pending"] == 0
+    // What the two fetchers held when the pause came is fetched (or handed back with a
+    // nak, which the pause keeps from being redelivered)...
+    let fetchers = [&fetcher1, &fetcher2];
+    h.wait_until(CRAWL, "the fetchers hold nothing", || async {
+        holds_nothing(&fetchers).await
     })
     .await;
+    // The queue gauge is refreshed every 5 s: look again once it surely is.
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    assert!(
+        holds_nothing(&fetchers).await,
+        "a paused fetcher took more work"
+    );
     // ...and from then on neither fetches anything, though the frontier has work.
     let requests = total_requests(&h);
     let stored = db.count(crawl).await;
@@ -296,6 +330,16 @@ async fn dead_letters_are_grouped_retried_after_a_fix_and_purged() {
     );
     assert_eq!(db.count(crawl).await, 0);
 
+    // Retried before the fix, they fail again: three new letters, and the retry ends
+    // (it does not chase the letters its own retries produce).
+    let out = dead(&h, &["retry", "--stage", "parser"]).await;
+    assert!(out.contains("retried 3 dead letter(s)"), "{out}");
+    h.wait_until(CRAWL, "the seeds are dead-lettered again", || async {
+        dead_list(&h, &["--stage", "parser"]).await["total"] == 3
+    })
+    .await;
+    assert_eq!(dead_list(&h, &[]).await["total"], 4);
+
     // The fix: restore allowed_domains, restart the stages that read the scope
     // (parsers and fetchers), and re-run what the parsers gave up on.
     std::fs::write(&h.spider, &spider).expect("write spider");
@@ -347,10 +391,15 @@ async fn dead_letters_are_grouped_retried_after_a_fix_and_purged() {
     );
     h.assert_items(&expected).await;
 
-    // Purge: by age (nothing is an hour old), then by stage.
+    // Purge: by age (nothing is an hour old; everything is older than 0 s), by stage.
+    publish_dead_request(&js, &names, &names.frontier_subject(partition), &request).await;
+    assert_eq!(dead_list(&h, &[]).await["total"], 2);
     let out = dead(&h, &["purge", "--older-than", "1h"]).await;
     assert!(out.contains("purged 0"), "{out}");
     let out = dead(&h, &["purge", "--stage", "sink"]).await;
+    assert!(out.contains("purged 1"), "{out}");
+    assert_eq!(dead_list(&h, &["--stage", "fetcher"]).await["total"], 1);
+    let out = dead(&h, &["purge", "--older-than", "0s"]).await;
     assert!(out.contains("purged 1"), "{out}");
     assert_eq!(dead_list(&h, &[]).await["total"], 0);
     h.stop_all(&mut [&mut fetcher2, &mut parser2, &mut sink])

@@ -102,14 +102,14 @@ pub struct DeadLetter {
     pub reason: String,
     /// Where the message came from (`Jetcrawl-Source-Subject`), if known.
     pub source_subject: Option<String>,
-    /// When it was dead-lettered (unix seconds).
-    pub at_unix: i64,
+    /// When it was dead-lettered (unix milliseconds).
+    pub at_ms: i64,
     pub headers: async_nats::HeaderMap,
     pub payload: Bytes,
 }
 
 impl DeadLetter {
-    fn from_message(msg: jetstream::Message, seq: u64, at_unix: i64) -> DeadLetter {
+    fn from_message(msg: jetstream::Message, seq: u64, at_ms: i64) -> DeadLetter {
         let headers = msg.headers.clone().unwrap_or_default();
         let get = |name: &str| headers.get(name).map(|v| v.as_str().to_string());
         DeadLetter {
@@ -122,7 +122,7 @@ impl DeadLetter {
                 .to_string(),
             reason: get(header::ERROR).unwrap_or_else(|| "(no reason given)".to_string()),
             source_subject: get(header::SOURCE_SUBJECT),
-            at_unix,
+            at_ms,
             headers,
             payload: msg.payload.clone(),
         }
@@ -134,6 +134,9 @@ impl DeadLetter {
 pub struct DeadReader {
     messages: Option<pull::Ordered>,
     remaining: u64,
+    /// The stream's last sequence at `open`: letters written later (a retry that fails
+    /// again, say) are not read, so a retry cannot chase its own new letters.
+    last_seq: u64,
 }
 
 impl DeadReader {
@@ -148,8 +151,10 @@ impl DeadReader {
             return Ok(DeadReader {
                 messages: None,
                 remaining: 0,
+                last_seq: 0,
             });
         };
+        let last_seq = stream.cached_info().state.last_sequence;
         let filter_subject = match stage {
             Some(s) => names.dead_subject(s.as_str()),
             None => names.dead_subject(">"),
@@ -176,6 +181,7 @@ impl DeadReader {
         Ok(DeadReader {
             messages,
             remaining,
+            last_seq,
         })
     }
 
@@ -199,28 +205,28 @@ impl DeadReader {
             .map_err(|e| anyhow::anyhow!("dead letter without stream info: {e}"))?;
         let (seq, at, pending) = (
             info.stream_sequence,
-            info.published.unix_timestamp(),
+            i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX),
             info.pending,
         );
         self.remaining = pending;
+        if seq > self.last_seq {
+            self.remaining = 0;
+            return Ok(None);
+        }
         Ok(Some(DeadLetter::from_message(msg, seq, at)))
     }
 }
 
-/// Every selected letter, in stream order.
-pub async fn read_selected(
-    js: &jetstream::Context,
-    names: &Names,
-    select: &Select,
-) -> anyhow::Result<Vec<DeadLetter>> {
-    let mut reader = DeadReader::open(js, names, select.stage).await?;
-    let mut out = Vec::new();
-    while let Some(letter) = reader.next().await? {
-        if select.matches(&letter) {
-            out.push(letter);
+impl DeadReader {
+    /// The next letter `select` picks, or `None` at the end.
+    pub async fn next_selected(&mut self, select: &Select) -> anyhow::Result<Option<DeadLetter>> {
+        while let Some(letter) = self.next().await? {
+            if select.matches(&letter) {
+                return Ok(Some(letter));
+            }
         }
+        Ok(None)
     }
-    Ok(out)
 }
 
 /// Letters of one stage that failed for one reason.
@@ -296,7 +302,15 @@ pub async fn list(
     select: &Select,
     json: bool,
 ) -> anyhow::Result<()> {
-    let letters = read_selected(js, names, select).await?;
+    // Grouping needs only stage, reason and sequence: drop the payloads as we go, so
+    // listing a large DEAD stream takes little memory.
+    let mut reader = DeadReader::open(js, names, select.stage).await?;
+    let mut letters = Vec::new();
+    while let Some(mut letter) = reader.next_selected(select).await? {
+        letter.payload = Bytes::new();
+        letter.headers = async_nats::HeaderMap::new();
+        letters.push(letter);
+    }
     let listing = Listing {
         crawl: names.crawl().to_string(),
         total: letters.len() as u64,
@@ -331,9 +345,15 @@ pub async fn show(
     select: &Select,
     limit: usize,
 ) -> anyhow::Result<()> {
-    let letters = read_selected(js, names, select).await?;
-    for l in letters.iter().take(limit) {
-        let at = chrono::DateTime::from_timestamp(l.at_unix, 0)
+    let mut reader = DeadReader::open(js, names, select.stage).await?;
+    let (mut shown_letters, mut more) = (0usize, 0usize);
+    while let Some(l) = reader.next_selected(select).await? {
+        if shown_letters == limit {
+            more += 1;
+            continue;
+        }
+        shown_letters += 1;
+        let at = chrono::DateTime::from_timestamp_millis(l.at_ms)
             .map(|t| t.to_rfc3339())
             .unwrap_or_default();
         println!("#{} stage {} at {at}", l.seq, l.stage);
@@ -355,10 +375,10 @@ pub async fn show(
         let more = if shown.len() < text.len() { " …" } else { "" };
         println!("  payload ({} bytes): {shown}{more}\n", l.payload.len());
     }
-    if letters.len() > limit {
-        println!("({} more; --limit N shows more)", letters.len() - limit);
+    if more > 0 {
+        println!("({more} more; --limit N shows more)");
     }
-    if letters.is_empty() {
+    if shown_letters == 0 {
         println!("no dead letters selected");
     }
     Ok(())
@@ -374,7 +394,7 @@ mod tests {
             stage: stage.to_string(),
             reason: reason.to_string(),
             source_subject: None,
-            at_unix: 0,
+            at_ms: 0,
             headers: async_nats::HeaderMap::new(),
             payload: Bytes::new(),
         }

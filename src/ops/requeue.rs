@@ -8,7 +8,7 @@ use clap::Args;
 use jetcrawl_shared::message::{header, CrawlRequest};
 use jetcrawl_shared::topology::Names;
 
-use super::dead::{read_selected, DeadLetter, DeadReader, Select};
+use super::dead::{DeadLetter, DeadReader, Select};
 use crate::Common;
 
 /// `jetcrawl dead retry`'s flags.
@@ -105,13 +105,15 @@ pub fn requeue(names: &Names, letter: &DeadLetter) -> Result<Requeued, String> {
 /// `jetcrawl dead retry`: republish each selected letter and wait for its ack, then
 /// delete it from DEAD. A letter that cannot be retried stays, and is reported.
 pub async fn retry(js: &jetstream::Context, names: &Names, select: &Select) -> anyhow::Result<()> {
-    let letters = read_selected(js, names, select).await?;
-    let dead = js
-        .get_stream(names.dead_stream())
-        .await
-        .context("the DEAD stream")?;
+    let Ok(dead) = js.get_stream(names.dead_stream()).await else {
+        println!("retried 0 dead letter(s); 0 kept");
+        return Ok(());
+    };
+    // One letter at a time: republished and acked, then deleted, before the next.
+    let mut reader = DeadReader::open(js, names, select.stage).await?;
     let (mut retried, mut kept) = (0u64, 0u64);
-    for letter in &letters {
+    while let Some(letter) = reader.next_selected(select).await? {
+        let letter = &letter;
         let msg = match requeue(names, letter) {
             Ok(m) => m,
             Err(why) => {
@@ -150,12 +152,12 @@ pub async fn purge(js: &jetstream::Context, names: &Names, args: &PurgeArgs) -> 
     let purged = match &args.older_than {
         None => dead.purge().filter(filter).await?.purged,
         Some(age) => {
-            let cutoff = crate::replay::parse_since(age, Utc::now())?.timestamp();
+            let cutoff = crate::replay::parse_since(age, Utc::now())?.timestamp_millis();
             // The first letter at or after the cutoff; purge everything before it.
             let mut reader = DeadReader::open(js, names, args.stage).await?;
             let mut first_kept = None;
             while let Some(l) = reader.next().await? {
-                if l.at_unix >= cutoff {
+                if l.at_ms >= cutoff {
                     first_kept = Some(l.seq);
                     break;
                 }
@@ -185,7 +187,7 @@ mod tests {
             stage: "fetcher".into(),
             reason: "boom".into(),
             source_subject: subject.map(str::to_string),
-            at_unix: 0,
+            at_ms: 0,
             headers,
             payload: payload.to_string().into(),
         }
