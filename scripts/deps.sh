@@ -4,6 +4,12 @@
 
 log() { printf '==> %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+# `apt-get update` at most once per run.
+apt_update() {
+  [ -n "${JETCRAWL_APT_UPDATED:-}" ] && return 0
+  as_root apt-get update -qq
+  JETCRAWL_APT_UPDATED=1
+}
 
 ensure_deps() {
   missing=()
@@ -12,7 +18,7 @@ ensure_deps() {
   command -v pg_isready >/dev/null 2>&1 || missing+=(postgresql-client)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
-    as_root apt-get update -qq
+    apt_update
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 
@@ -75,7 +81,7 @@ ensure_deploy_tools() {
   command -v kubectl >/dev/null 2>&1 || apt_missing+=(kubernetes-client)
   if [ ${#apt_missing[@]} -gt 0 ]; then
     log "installing ${apt_missing[*]}"
-    as_root apt-get update -qq
+    apt_update
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${apt_missing[@]}" >/dev/null
   fi
 }
