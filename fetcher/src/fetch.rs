@@ -21,6 +21,10 @@ use crate::lease::Lease;
 use crate::politeness::{Backlog, Politeness, PolitenessConfig};
 use crate::robots::{RobotsCache, RobotsVerdict};
 
+/// How long a host's robots.txt may answer 5xx/429 before its URLs stop waiting for it
+/// (Google stops waiting after 12 hours; then each URL's tries decide).
+const ROBOTS_PATIENCE: Duration = Duration::from_secs(6 * 3600);
+
 /// What became of one request.
 #[derive(Debug)]
 pub enum FetchOutcome {
@@ -198,7 +202,21 @@ impl Fetcher {
                         started.elapsed(),
                     )));
                 }
-                RobotsVerdict::Unavailable { retry_in, reason } => {
+                RobotsVerdict::Unavailable {
+                    retry_in,
+                    reason,
+                    unreachable,
+                    since,
+                } => {
+                    if unreachable {
+                        // No answer at all: the page would get none either. A failed
+                        // try of this request, retried, then its recorded outcome.
+                        return self.prerequisite_failed(req, &url, retry_in, reason, started);
+                    }
+                    if since > ROBOTS_PATIENCE {
+                        let reason = format!("{reason} (for {} min)", since.as_secs() / 60);
+                        return self.prerequisite_failed(req, &url, retry_in, reason, started);
+                    }
                     self.metrics.robots_deferred.inc();
                     tracing::debug!(
                         reason,
@@ -221,6 +239,7 @@ impl Fetcher {
         if !holds() {
             return FetchOutcome::Revoked;
         }
+        permit.start();
         let fetch_started = tokio::time::Instant::now();
         let result = self.http.get(&url).await;
         let tries = req.tries.saturating_add(1);
@@ -304,6 +323,39 @@ impl Fetcher {
             }
             Err(e) => self.final_error(req, &url, &e, started.elapsed()),
         }
+    }
+
+    /// robots.txt could not be had: retry the request like a failed fetch while it
+    /// has tries left, then record that as its outcome (never as "disallowed").
+    fn prerequisite_failed(
+        &self,
+        req: &CrawlRequest,
+        url: &Url,
+        retry_in: Duration,
+        reason: String,
+        started: tokio::time::Instant,
+    ) -> FetchOutcome {
+        let tries = req.tries.saturating_add(1);
+        if tries < self.spider.spider.http.max_tries {
+            let delay = self.spider.spider.http.backoff(tries).max(retry_in);
+            return self.retry(req, tries, delay, reason);
+        }
+        self.metrics
+            .fetch_errors
+            .get_or_create(&vec![(
+                "kind".to_string(),
+                "robots_unavailable".to_string(),
+            )])
+            .inc();
+        FetchOutcome::Page(Box::new(self.record(
+            req,
+            url,
+            RecordError {
+                kind: "robots_unavailable",
+                message: reason,
+            },
+            started.elapsed(),
+        )))
     }
 
     fn retry(

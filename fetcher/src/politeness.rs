@@ -107,8 +107,10 @@ impl Ord for Waiter {
 pub struct HostPermit {
     key: String,
     shared: Weak<Shared>,
+    started: Instant,
     latency: Option<Duration>,
     back_off: Option<Duration>,
+    crawl_delay: Option<Duration>,
 }
 
 impl HostPermit {
@@ -121,6 +123,28 @@ impl HostPermit {
     /// for this long.
     pub fn back_off(&mut self, pause: Duration) {
         self.back_off = Some(pause);
+    }
+
+    /// The request is about to go out now: the host's next start is counted from
+    /// here, not from when the slot was granted, so a task that was slow to run after
+    /// the grant does not bring the next request closer to this one.
+    pub fn start(&mut self) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let mut state = lock(&shared.state);
+        let now = Instant::now();
+        self.started = now;
+        if let Some(host) = state.hosts.get_mut(&self.key) {
+            let spacing = effective_delay(&shared.cfg, host);
+            host.next_start = host.next_start.max(now + spacing);
+        }
+    }
+
+    /// The host's robots.txt asks for this delay between requests (learnt by the
+    /// request holding this permit): it applies from this request's start on.
+    pub fn set_crawl_delay(&mut self, delay: Duration) {
+        self.crawl_delay = Some(delay);
     }
 }
 
@@ -143,6 +167,11 @@ impl Drop for HostPermit {
                         Some(old) => (old * 3 + latency) / 4,
                         None => latency,
                     });
+                }
+                if let Some(delay) = self.crawl_delay {
+                    host.crawl_delay = Some(delay);
+                    let spacing = effective_delay(&shared.cfg, host);
+                    host.next_start = host.next_start.max(self.started + spacing);
                 }
                 if let Some(pause) = self.back_off {
                     host.next_start = host.next_start.max(now + pause.min(MAX_DELAY * 60));
@@ -285,8 +314,10 @@ impl Politeness {
         HostPermit {
             key: key.to_string(),
             shared: Arc::downgrade(&self.shared),
+            started: now,
             latency: None,
             back_off: None,
+            crawl_delay: None,
         }
     }
 

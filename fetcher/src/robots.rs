@@ -38,6 +38,11 @@ pub enum RobotsVerdict {
         retry_in: Duration,
         /// Why it could not be read.
         reason: String,
+        /// The host did not answer at all (connection, DNS, timeout), rather than
+        /// answering 5xx or 429: its pages will not answer either.
+        unreachable: bool,
+        /// How long it has been unavailable without a break.
+        since: Duration,
     },
 }
 
@@ -70,6 +75,8 @@ struct Entry {
     last_used: Instant,
     /// Failed fetches in a row, for the back-off.
     failures: u32,
+    /// When the first of those failures happened.
+    failing_since: Option<Instant>,
 }
 
 struct Fetched {
@@ -80,7 +87,7 @@ struct Fetched {
 enum Rules {
     AllowAll,
     Parsed(Robot),
-    Unavailable(String),
+    Unavailable { reason: String, unreachable: bool },
 }
 
 impl RobotsCache {
@@ -114,34 +121,41 @@ impl RobotsCache {
             // Not http(s): robots.txt does not apply; the HTTP client refuses it anyway.
             return RobotsVerdict::Allowed { crawl_delay: None };
         };
-        let (cell, failures) = self.inner.cell_for(&origin);
+        let (cell, failures, failing_since) = self.inner.cell_for(&origin);
         let fetched = cell
             .get_or_init(|| self.inner.fetch(&origin, key, failures))
             .await;
         let now = Instant::now();
-        fetched
-            .rules
-            .verdict(url, fetched.expires_at.saturating_duration_since(now))
+        let since = failing_since.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        fetched.rules.verdict(
+            url,
+            fetched.expires_at.saturating_duration_since(now),
+            since,
+        )
     }
 }
 
 impl Inner {
     /// The cell for `origin`, replacing an expired one and evicting to stay in
-    /// capacity; with the failures in a row before it.
-    fn cell_for(&self, origin: &str) -> (Arc<OnceCell<Fetched>>, u32) {
+    /// capacity; with the failures in a row before it, and since when.
+    fn cell_for(&self, origin: &str) -> (Arc<OnceCell<Fetched>>, u32, Option<Instant>) {
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut failures = 0;
+        let (mut failures, mut failing_since) = (0, None);
         if let Some(entry) = entries.get_mut(origin) {
             let fresh = entry.rules.get().is_none_or(|f| f.expires_at > now);
             if fresh {
                 entry.last_used = now;
-                return (Arc::clone(&entry.rules), entry.failures);
+                let since = match entry.rules.get().map(|f| &f.rules) {
+                    Some(Rules::Unavailable { .. }) => entry.failing_since.or(Some(now)),
+                    _ => None,
+                };
+                return (Arc::clone(&entry.rules), entry.failures, since);
             }
-            failures = match entry.rules.get().map(|f| &f.rules) {
-                Some(Rules::Unavailable(_)) => entry.failures.saturating_add(1),
-                _ => 0,
-            };
+            if let Some(Rules::Unavailable { .. }) = entry.rules.get().map(|f| &f.rules) {
+                failures = entry.failures.saturating_add(1);
+                failing_since = entry.failing_since.or(Some(now));
+            }
         }
         if !entries.contains_key(origin) && entries.len() >= self.capacity {
             entries.retain(|_, e| e.rules.get().is_none_or(|f| f.expires_at > now));
@@ -163,9 +177,10 @@ impl Inner {
                 rules: Arc::clone(&rules),
                 last_used: now,
                 failures,
+                failing_since: failing_since.or(Some(now)),
             },
         );
-        (rules, failures)
+        (rules, failures, failing_since)
     }
 
     async fn fetch(&self, origin: &str, key: &str, failures: u32) -> Fetched {
@@ -181,28 +196,41 @@ impl Inner {
                 Ok(permit) => Some(permit),
                 Err(backlog) => {
                     return Fetched {
-                        rules: Rules::Unavailable("the host is busy".into()),
+                        rules: Rules::Unavailable {
+                            reason: "the host is busy".into(),
+                            unreachable: false,
+                        },
                         expires_at: Instant::now() + backlog.retry_after,
                     }
                 }
             },
             None => None,
         };
+        let mut permit = permit;
+        if let Some(p) = permit.as_mut() {
+            p.start();
+        }
         let started = Instant::now();
         let response = self.client.get(&robots_url).await;
+        let back_off = match &response {
+            Ok(r) if matches!(r.status, 429 | 503) => r.retry_after,
+            _ => None,
+        };
+        let rules = self.rules_from(response);
         if let Some(mut permit) = permit {
-            if let Ok(r) = &response {
-                if let (429 | 503, Some(after)) = (r.status, r.retry_after) {
-                    permit.back_off(after);
-                }
+            if let Some(after) = back_off {
+                permit.back_off(after);
+            }
+            if let Some(delay) = rules.crawl_delay() {
+                permit.set_crawl_delay(delay);
             }
             permit.finish(started.elapsed());
         }
-        let rules = self.rules_from(response);
         let lifetime = match rules {
-            Rules::Unavailable(_) => (UNREACHABLE_RETRY * 2u32.saturating_pow(failures.min(16)))
-                .min(UNREACHABLE_MAX_RETRY)
-                .min(self.ttl),
+            Rules::Unavailable { .. } => (UNREACHABLE_RETRY
+                * 2u32.saturating_pow(failures.min(16)))
+            .min(UNREACHABLE_MAX_RETRY)
+            .min(self.ttl),
             _ => self.ttl,
         };
         tracing::debug!(origin, rules = rules.label(), "robots.txt fetched");
@@ -220,7 +248,12 @@ impl Inner {
             Ok(response) => response,
             // Timeouts, refused connections, DNS trouble: the site may be down or
             // overloaded, so crawl nothing until robots.txt can be read.
-            Err(err) if err.is_retryable() => return Rules::Unavailable(err.to_string()),
+            Err(err) if err.is_retryable() => {
+                return Rules::Unavailable {
+                    reason: err.to_string(),
+                    unreachable: true,
+                }
+            }
             // Redirected away, too many redirects, refused address...: there is no
             // robots.txt to read, as with a 404; the page fetch reports its own error.
             Err(_) => return Rules::AllowAll,
@@ -232,7 +265,10 @@ impl Inner {
                 Robot::new(&self.agent, body).map_or(Rules::AllowAll, Rules::Parsed)
             }
             // Google treats 429 like a server error.
-            429 | 500..=599 => Rules::Unavailable(format!("http status {}", response.status)),
+            429 | 500..=599 => Rules::Unavailable {
+                reason: format!("http status {}", response.status),
+                unreachable: false,
+            },
             // 4xx (including 404): "unavailable", everything is allowed. A final 3xx
             // without a usable Location lands here as well.
             _ => Rules::AllowAll,
@@ -241,19 +277,31 @@ impl Inner {
 }
 
 impl Rules {
-    fn verdict(&self, url: &url::Url, expires_in: Duration) -> RobotsVerdict {
+    fn crawl_delay(&self) -> Option<Duration> {
+        match self {
+            Rules::Parsed(robot) => robot
+                .delay
+                .and_then(|d| Duration::try_from_secs_f32(d).ok())
+                .map(|d| d.min(MAX_CRAWL_DELAY)),
+            _ => None,
+        }
+    }
+
+    fn verdict(&self, url: &url::Url, expires_in: Duration, since: Duration) -> RobotsVerdict {
         match self {
             Rules::AllowAll => RobotsVerdict::Allowed { crawl_delay: None },
             Rules::Parsed(robot) if !robot.allowed(url.as_str()) => RobotsVerdict::Disallowed,
-            Rules::Parsed(robot) => RobotsVerdict::Allowed {
-                crawl_delay: robot
-                    .delay
-                    .and_then(|d| Duration::try_from_secs_f32(d).ok())
-                    .map(|d| d.min(MAX_CRAWL_DELAY)),
+            Rules::Parsed(_) => RobotsVerdict::Allowed {
+                crawl_delay: self.crawl_delay(),
             },
-            Rules::Unavailable(reason) => RobotsVerdict::Unavailable {
+            Rules::Unavailable {
+                reason,
+                unreachable,
+            } => RobotsVerdict::Unavailable {
                 retry_in: expires_in,
                 reason: format!("robots.txt unavailable: {reason}"),
+                unreachable: *unreachable,
+                since,
             },
         }
     }
@@ -262,7 +310,7 @@ impl Rules {
         match self {
             Rules::AllowAll => "allow_all",
             Rules::Parsed(_) => "parsed",
-            Rules::Unavailable(_) => "unavailable",
+            Rules::Unavailable { .. } => "unavailable",
         }
     }
 }
@@ -378,9 +426,15 @@ mod tests {
         let url = base.join("/page").unwrap();
         for _ in 0..2 {
             match cache.check(&url, "k").await {
-                RobotsVerdict::Unavailable { retry_in, reason } => {
+                RobotsVerdict::Unavailable {
+                    retry_in,
+                    reason,
+                    unreachable,
+                    ..
+                } => {
                     assert!(retry_in <= UNREACHABLE_RETRY);
                     assert!(reason.contains("500"), "{reason}");
+                    assert!(!unreachable, "the server answered");
                 }
                 other => panic!("a 500 must defer the URL, not decide it: {other:?}"),
             }
@@ -446,7 +500,10 @@ mod tests {
         let url = url::Url::parse(&format!("http://{addr}/page")).unwrap();
         assert!(matches!(
             cache(DAY).check(&url, "k").await,
-            RobotsVerdict::Unavailable { .. }
+            RobotsVerdict::Unavailable {
+                unreachable: true,
+                ..
+            }
         ));
     }
 

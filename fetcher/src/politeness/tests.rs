@@ -232,3 +232,16 @@ async fn quiet_at_waits_for_in_flight_and_the_delay() {
     let at = p.quiet_at(|k| k == "h").unwrap();
     assert_eq!(at, released + Duration::from_millis(500));
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_delay_counts_from_the_actual_start() {
+    let p = gate(100, 1);
+    let mut permit = p.acquire("h", None, 0).await.unwrap();
+    // The task holding the slot ran late: the request goes out 40 ms after the grant.
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    permit.start();
+    let sent = Instant::now();
+    drop(permit);
+    drop(p.acquire("h", None, 0).await.unwrap());
+    assert_eq!(sent.elapsed(), Duration::from_millis(100));
+}
