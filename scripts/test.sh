@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Runs the whole jetcrawl test suite on a fresh machine: installs what is missing
-# (redis-server, PostgreSQL, a current nats-server), starts PostgreSQL if it is down,
-# checks formatting and lints, then runs every test against real servers.
+# (redis-server, PostgreSQL, a current nats-server, the deploy/ validators), starts
+# PostgreSQL if it is down, validates deploy/, checks formatting and lints, then runs
+# every test against real servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 source scripts/deps.sh
 ensure_deps
+
+# --- deploy/: compose, Dockerfile, nats/redis conf, alerts, dashboard, k8s ----------
+./scripts/check-deploy.sh
 
 # --- Rust ----------------------------------------------------------------------------
 if ! cargo nextest --version >/dev/null 2>&1; then

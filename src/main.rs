@@ -2,7 +2,9 @@
 
 mod admin;
 mod check;
+mod demo;
 mod embedded;
+mod ops;
 mod replay;
 mod services;
 
@@ -104,6 +106,19 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
     },
+    /// Inspect dead letters (grouped reasons, in full), retry or purge them.
+    Dead {
+        #[command(subcommand)]
+        command: ops::dead::DeadCommand,
+    },
+    /// Stop a stage's consumption everywhere (nothing is lost) until `resume`.
+    Pause(ops::pause::PauseArgs),
+    /// Restart a paused stage's consumption.
+    Resume(ops::pause::ResumeArgs),
+    /// Serve a local demo shop and crawl it in embedded mode (no internet needed).
+    Demo(demo::DemoArgs),
+    /// Exit 0 if a service's /healthz answers 200 (the container health check).
+    Healthcheck(ops::health::HealthArgs),
     /// Validate a spider file; with --url, show what its rules extract from that page.
     Check {
         /// Spider file (TOML).
@@ -156,6 +171,11 @@ async fn run() -> anyhow::Result<()> {
         Command::Parser(args) => services::parser(args, stop).await?,
         Command::Sink(args) => services::sink(args, stop).await?,
         Command::Replay(args) => replay::run(args, stop).await?,
+        Command::Dead { command } => ops::dead::run(command, &stop).await?,
+        Command::Pause(args) => ops::pause::run_pause(args, &stop).await?,
+        Command::Resume(args) => ops::pause::run_resume(args, &stop).await?,
+        Command::Demo(args) => demo::run(args, stop).await?,
+        Command::Healthcheck(args) => ops::health::run(args).await?,
         Command::Seed { common, urls } => {
             let (spider, nats) = services::connect(&common, "seed", &stop).await?;
             admin::seed(&spider, nats, urls).await?;

@@ -55,23 +55,27 @@ pub async fn run(args: ReplayArgs, stop: CancellationToken) -> anyhow::Result<()
 }
 
 /// An RFC 3339 time, or an age (`90s`, `30m`, `6h`, `7d`) before `now`.
-fn parse_since(s: &str, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>> {
+pub(crate) fn parse_since(s: &str, now: DateTime<Utc>) -> anyhow::Result<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }
+    Ok(now - parse_age(s)?)
+}
+
+/// An age or a length of time: `90s`, `30m`, `6h`, `7d`.
+pub(crate) fn parse_age(s: &str) -> anyhow::Result<chrono::Duration> {
     let (digits, unit) = s.split_at(s.len().saturating_sub(1));
     let n: i64 = match digits.parse() {
         Ok(n) if n >= 0 => n,
-        _ => bail!("--since {s:?}: expected an RFC 3339 time or an age like 30m, 6h, 7d"),
+        _ => bail!("{s:?}: expected an RFC 3339 time or an age like 30m, 6h, 7d"),
     };
-    let age = match unit {
+    Ok(match unit {
         "s" => chrono::Duration::seconds(n),
         "m" => chrono::Duration::minutes(n),
         "h" => chrono::Duration::hours(n),
         "d" => chrono::Duration::days(n),
-        _ => bail!("--since {s:?}: the age's unit must be s, m, h or d"),
-    };
-    Ok(now - age)
+        _ => bail!("{s:?}: the unit must be s, m, h or d"),
+    })
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use jetcrawl_shared::dupefilter::{Dupefilter, RedisDupefilter};
 use jetcrawl_shared::telemetry::{self, Metrics};
-use jetcrawl_shared::{topology, CompiledSpider};
+use jetcrawl_shared::{presence, topology, CompiledSpider};
 
 use crate::Common;
 
@@ -168,6 +168,16 @@ where
     let (spider, nats) = connect(common, stage.role, &stop).await?;
     let deps = deps(&spider, &stop).await?;
     let metrics = serve_metrics(common, stage.metrics_port, &stop).await;
+    // Fetchers heartbeat with their partition leases; the other stages announce
+    // themselves here, so `jetcrawl status` lists every live instance.
+    let heartbeat = (stage.role != "fetcher").then(|| {
+        tokio::spawn(presence::keep_alive(
+            async_nats::jetstream::new(nats.clone()),
+            spider.spider.clone(),
+            presence::Instance::this_process(stage.role),
+            stop.clone(),
+        ))
+    });
     let cfg = config(Started {
         spider,
         nats: nats.clone(),
@@ -175,6 +185,10 @@ where
         metrics,
     });
     run(cfg, stop).await?;
+    if let Some(heartbeat) = heartbeat {
+        // It removes its entry on the way out; do not wait on an unreachable NATS.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), heartbeat).await;
+    }
     nats.drain().await.ok();
     Ok(())
 }

@@ -187,13 +187,27 @@ async fn report(ctx: Arc<Ctx>) {
         ctx.metrics.requests_queued.set(requests as i64);
         if let Ok(stream) = ctx.js.get_stream(ctx.names.frontier_stream()).await {
             let (mut pending, mut ack_pending) = (0u64, 0u64);
+            // Progress (the ack floors summed) and pause (every partition paused), for
+            // the alerts and `jetcrawl pause`.
+            let (mut floor, mut paused, mut seen) = (0u64, true, false);
             for p in 0..partitions {
                 let name = topology::partition_consumer_name(p);
                 if let Ok(info) = stream.consumer_info(&name).await {
                     pending += info.num_pending;
                     ack_pending += info.num_ack_pending as u64;
+                    floor += info.ack_floor.consumer_sequence;
+                    paused &= info.paused;
+                    seen = true;
                 }
             }
+            ctx.metrics
+                .consumer_ack_floor
+                .get_or_create(&labels)
+                .set(i64::try_from(floor).unwrap_or(i64::MAX));
+            ctx.metrics
+                .consumer_paused
+                .get_or_create(&labels)
+                .set(i64::from(seen && paused));
             let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
             ctx.metrics
                 .consumer_pending

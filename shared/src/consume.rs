@@ -52,6 +52,16 @@ pub async fn consume<F, Fut>(
     let handler = Arc::new(handler);
     let names = Names::new(&spider.name);
     let stage = opts.role.consumer_name();
+    // Counters start at 0 for this stage, so the first redelivery or dead letter is an
+    // increase Prometheus sees (a series that first appears at 1 shows none).
+    metrics
+        .redeliveries
+        .get_or_create(&stage_label(stage))
+        .inc_by(0);
+    metrics
+        .dead_letters
+        .get_or_create(&stage_label(stage))
+        .inc_by(0);
     let permits = Arc::new(Semaphore::new(opts.max_in_flight.max(1)));
     let mut tasks = JoinSet::new();
     let mut backoff = Duration::from_millis(250);
@@ -343,6 +353,10 @@ async fn report_lag(
                 .consumer_ack_pending
                 .get_or_create(&labels)
                 .set(ack_pending);
+            let floor = i64::try_from(info.ack_floor.consumer_sequence).unwrap_or(i64::MAX);
+            metrics.consumer_ack_floor.get_or_create(&labels).set(floor);
+            let paused = i64::from(info.paused);
+            metrics.consumer_paused.get_or_create(&labels).set(paused);
         }
     }
 }

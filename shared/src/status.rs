@@ -20,6 +20,8 @@ pub struct Status {
     pub consumers: Vec<ConsumerStatus>,
     /// Live fetchers and what they own.
     pub fetchers: Vec<FetcherStatus>,
+    /// Every live instance of every stage, from its heartbeat.
+    pub instances: Vec<InstanceStatus>,
     /// Each frontier partition and its owner.
     pub partitions: Vec<PartitionStatus>,
 }
@@ -38,6 +40,23 @@ pub struct FetcherStatus {
     /// Partitions it owns.
     pub partitions: Vec<u32>,
     /// Milliseconds since its last heartbeat.
+    pub heartbeat_age_ms: i64,
+}
+
+/// A live instance of a stage, from its heartbeat.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceStatus {
+    /// `fetcher`, `parser`, `sink`.
+    pub stage: String,
+    /// Instance id (`<host>-<pid>-<random>`).
+    pub id: String,
+    /// Machine or pod.
+    pub host: String,
+    /// jetcrawl version.
+    pub version: String,
+    /// Its last heartbeat.
+    pub heartbeat_at: chrono::DateTime<chrono::Utc>,
+    /// Milliseconds since then.
     pub heartbeat_age_ms: i64,
 }
 
@@ -86,6 +105,12 @@ pub struct ConsumerStatus {
     pub waiting: usize,
     /// Messages acknowledged so far (the consumer's ack floor).
     pub acked: u64,
+    /// Paused by `jetcrawl pause`: the server delivers nothing until resumed.
+    pub paused: bool,
+    /// Live instances of the stage that pulls from it (parsers for `seeds`).
+    pub live: usize,
+    /// Work waits here and no live instance pulls it (and it is not paused).
+    pub unattended: bool,
     /// Acks per second since the previous reading (`--watch`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_per_sec: Option<f64>,
@@ -156,9 +181,12 @@ pub async fn collect(js: &jetstream::Context, spider: &crate::Spider) -> Result<
     let frontier = names.frontier_stream();
     let mut fetcher = ConsumerStatus::from_info(frontier.clone(), "fetcher".into(), None);
     let mut partitions = Vec::new();
+    // Paused when every partition consumer is (`jetcrawl pause --stage fetcher`).
+    fetcher.paused = true;
     for p in 0..spider.streams.partitions {
         let info = consumer_info(js, &frontier, &topology::partition_consumer_name(p)).await;
         if let Some(i) = &info {
+            fetcher.paused &= i.paused;
             fetcher.exists = true;
             fetcher.pending += i.num_pending;
             fetcher.ack_pending += i.num_ack_pending;
@@ -173,8 +201,36 @@ pub async fn collect(js: &jetstream::Context, spider: &crate::Spider) -> Result<
             ack_pending: info.as_ref().map_or(0, |i| i.num_ack_pending),
         });
     }
+    fetcher.paused &= fetcher.exists;
     consumers.insert(1, fetcher);
     let now = chrono::Utc::now();
+    let mut instances: Vec<InstanceStatus> = live
+        .instances
+        .iter()
+        .map(|i| InstanceStatus {
+            stage: i.stage.clone(),
+            id: i.id.clone(),
+            host: i.host.clone(),
+            version: i.version.clone(),
+            heartbeat_at: i.heartbeat_at,
+            heartbeat_age_ms: (now - i.heartbeat_at).num_milliseconds().max(0),
+        })
+        .collect();
+    instances.sort_by(|a, b| (&a.stage, &a.id).cmp(&(&b.stage, &b.id)));
+    for c in &mut consumers {
+        let stage = stage_of(&c.name);
+        c.live = instances.iter().filter(|i| i.stage == stage).count();
+        // A consumer not created yet would start with what its stream holds.
+        let work = if c.exists {
+            c.pending + c.ack_pending as u64
+        } else {
+            streams
+                .iter()
+                .find(|s| s.name == c.stream)
+                .map_or(0, |s| s.messages)
+        };
+        c.unattended = work > 0 && c.live == 0 && !c.paused;
+    }
     let fetchers = live
         .instances
         .into_iter()
@@ -193,8 +249,17 @@ pub async fn collect(js: &jetstream::Context, spider: &crate::Spider) -> Result<
         streams,
         consumers,
         fetchers,
+        instances,
         partitions,
     })
+}
+
+/// The stage whose processes pull from consumer `name`.
+fn stage_of(consumer: &str) -> &str {
+    match consumer {
+        "seeds" => "parser",
+        other => other,
+    }
 }
 
 async fn consumer_info(
@@ -221,6 +286,9 @@ impl ConsumerStatus {
             redelivered: info.map_or(0, |i| i.num_redelivered),
             waiting: info.map_or(0, |i| i.num_waiting),
             acked: info.map_or(0, |i| i.ack_floor.consumer_sequence),
+            paused: info.is_some_and(|i| i.paused),
+            live: 0,
+            unattended: false,
             rate_per_sec: None,
         }
     }
@@ -239,40 +307,59 @@ impl fmt::Display for Status {
         }
         writeln!(
             f,
-            "{:<34} {:<8} {:>10} {:>11} {:>11} {:>8} {:>10}",
-            "CONSUMER", "", "PENDING", "ACK_PENDING", "REDELIVERED", "WAITING", "ACKS/S"
+            "{:<34} {:<8} {:>10} {:>11} {:>11} {:>8} {:>10} {:>5}",
+            "CONSUMER", "", "PENDING", "ACK_PENDING", "REDELIVERED", "WAITING", "ACKS/S", "LIVE"
         )?;
         for c in &self.consumers {
             if c.exists {
                 let rate = c
                     .rate_per_sec
                     .map_or("-".to_string(), |r| format!("{r:.1}"));
+                let paused = if c.paused { "  PAUSED" } else { "" };
                 writeln!(
                     f,
-                    "{:<34} {:<8} {:>10} {:>11} {:>11} {:>8} {:>10}",
-                    c.stream, c.name, c.pending, c.ack_pending, c.redelivered, c.waiting, rate
+                    "{:<34} {:<8} {:>10} {:>11} {:>11} {:>8} {:>10} {:>5}{paused}",
+                    c.stream,
+                    c.name,
+                    c.pending,
+                    c.ack_pending,
+                    c.redelivered,
+                    c.waiting,
+                    rate,
+                    c.live
                 )?;
             } else {
                 writeln!(f, "{:<34} {:<8} {:>10}", c.stream, c.name, "(missing)")?;
             }
         }
-        writeln!(
-            f,
-            "{:<40} {:<24} {:>6} {:>10} {:>9}",
-            "FETCHER", "HOST", "PID", "PARTITIONS", "HEARTBEAT"
-        )?;
-        if self.fetchers.is_empty() {
-            writeln!(f, "(no live fetcher)")?;
-        }
-        for x in &self.fetchers {
+        for c in self.consumers.iter().filter(|c| c.unattended) {
             writeln!(
                 f,
-                "{:<40} {:<24} {:>6} {:>10} {:>7}ms",
-                x.id,
-                x.host,
-                x.pid,
-                x.partitions.len(),
-                x.heartbeat_age_ms
+                "WARNING: {} has work waiting ({} pending, {} unacked) and no live {}",
+                c.name,
+                c.pending,
+                c.ack_pending,
+                stage_of(&c.name)
+            )?;
+        }
+        writeln!(
+            f,
+            "{:<8} {:<40} {:<24} {:<8} {:>10} {:>9}",
+            "STAGE", "INSTANCE", "HOST", "VERSION", "PARTITIONS", "HEARTBEAT"
+        )?;
+        if self.instances.is_empty() {
+            writeln!(f, "(no live instance)")?;
+        }
+        for i in &self.instances {
+            let partitions = self
+                .fetchers
+                .iter()
+                .find(|x| x.id == i.id)
+                .map_or("-".to_string(), |x| x.partitions.len().to_string());
+            writeln!(
+                f,
+                "{:<8} {:<40} {:<24} {:<8} {:>10} {:>7}ms",
+                i.stage, i.id, i.host, i.version, partitions, i.heartbeat_age_ms
             )?;
         }
         let unowned: Vec<String> = self

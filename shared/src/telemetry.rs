@@ -70,6 +70,15 @@ pub struct Metrics {
     pub consumer_pending: Family<Labels, Gauge>,
     /// Delivered but not yet acknowledged, by stage (from the server).
     pub consumer_ack_pending: Family<Labels, Gauge>,
+    /// The consumer's ack floor, by stage (from the server): it stands still while the
+    /// stage makes no progress.
+    pub consumer_ack_floor: Family<Labels, Gauge>,
+    /// 1 while the stage's consumer is paused (`jetcrawl pause`), by stage.
+    pub consumer_paused: Family<Labels, Gauge>,
+    /// Always 1, labelled with the version: one series per live process.
+    pub build_info: Family<Labels, Gauge>,
+    /// Resident memory of this process, read at each scrape.
+    pub resident_memory: Gauge,
     /// Requests put off because their host's robots.txt could not be read.
     pub robots_deferred: Counter,
     /// Requests put back in the frontier because their wait would be long.
@@ -117,6 +126,10 @@ impl Metrics {
             in_flight: Gauge::default(),
             consumer_pending: Family::default(),
             consumer_ack_pending: Family::default(),
+            consumer_ack_floor: Family::default(),
+            consumer_paused: Family::default(),
+            build_info: Family::default(),
+            resident_memory: Gauge::default(),
             robots_deferred: Counter::default(),
             handed_back: Counter::default(),
             partitions_owned: Gauge::default(),
@@ -204,6 +217,32 @@ impl Metrics {
             m.consumer_ack_pending.clone(),
         );
         r.register(
+            "consumer_ack_floor_messages",
+            "The stage's consumer ack floor (consumer sequence): flat while no progress",
+            m.consumer_ack_floor.clone(),
+        );
+        r.register(
+            "consumer_paused",
+            "1 while the stage's consumer is paused",
+            m.consumer_paused.clone(),
+        );
+        r.register(
+            "build_info",
+            "Always 1, labelled with the jetcrawl version: one series per live process",
+            m.build_info.clone(),
+        );
+        r.register(
+            "process_resident_memory_bytes",
+            "Resident memory of this process",
+            m.resident_memory.clone(),
+        );
+        m.build_info
+            .get_or_create(&vec![(
+                "version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )])
+            .set(1);
+        r.register(
             "robots_deferred",
             "Requests put off while their host's robots.txt could not be read",
             m.robots_deferred.clone(),
@@ -244,6 +283,10 @@ impl Metrics {
 
     /// Prometheus text exposition.
     pub fn render(&self) -> String {
+        if let Some(rss) = resident_memory_bytes() {
+            self.resident_memory
+                .set(i64::try_from(rss).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
         out
@@ -267,6 +310,14 @@ impl Metrics {
         };
         vec![("status".to_string(), class)]
     }
+}
+
+/// This process's resident set size, from `/proc/self/status` (Linux; `None` elsewhere).
+fn resident_memory_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Serve `/metrics`, `/healthz` and `/readyz` on `addr` until shutdown. Returns the
@@ -337,5 +388,22 @@ mod tests {
             text.contains("jetcrawl_pages_fetched_total{status=\"4xx\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn every_process_reports_its_version_and_memory() {
+        let text = Metrics::new().render();
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(
+            text.contains(&format!("jetcrawl_build_info{{version=\"{version}\"}} 1")),
+            "{text}"
+        );
+        let rss: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("jetcrawl_process_resident_memory_bytes "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no resident memory in {text}"));
+        // A test process holds at least a megabyte and far less than the machine.
+        assert!((1 << 20..1 << 36).contains(&rss), "rss {rss}");
     }
 }

@@ -369,16 +369,32 @@ pub async fn ensure_replay_consumer(
 async fn create_consumer(
     js: &jetstream::Context,
     stream: &str,
-    config: pull::Config,
+    mut config: pull::Config,
 ) -> Result<PullConsumer, Error> {
     let stream = js
         .get_stream(stream)
         .await
         .map_err(|e| Error::js("get stream", e))?;
+    keep_pause(&stream, &mut config).await;
     stream
         .create_consumer(config)
         .await
         .map_err(|e| Error::js("create consumer", e))
+}
+
+/// A consumer paused by `jetcrawl pause` stays paused when a stage (re)creates it.
+/// nats-server 2.15 already keeps a pause through an update without a deadline
+/// (`tests/ops.rs` restarts a paused sink with a changed consumer setting); carrying
+/// the deadline over here keeps that true whatever the server version does.
+async fn keep_pause(stream: &stream::Stream, config: &mut pull::Config) {
+    let Some(name) = config.durable_name.clone() else {
+        return;
+    };
+    if let Ok(info) = stream.consumer_info(&name).await {
+        if info.paused {
+            config.pause_until = info.config.pause_until;
+        }
+    }
 }
 
 /// Publish a message a stage gave up on to `dead.<stage>`, with the reason, and wait

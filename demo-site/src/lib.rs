@@ -1,4 +1,5 @@
-//! A deterministic e-commerce-like site for crawl benchmarks.
+//! A deterministic e-commerce-like site: what `jetcrawl demo` crawls, and what the
+//! benchmarks measure (`jetcrawl-bench` re-exports it as `demo_site`).
 //!
 //! `pages` product pages (`/product/{id}`, 15–25 KB each), spread round-robin over
 //! `max(1, pages / 1000)` categories whose listings (`/category/{c}/page/{n}`, 20 products
@@ -19,7 +20,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use anyhow::Context;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -479,11 +479,16 @@ impl DemoSite {
 
 /// Binds 127.0.0.1:`port` (0 = a free port), serves `site` on a task of the current
 /// runtime (HTTP/1.1, keep-alive, `TCP_NODELAY`) and returns the bound address.
-pub async fn serve(site: DemoSite, port: u16) -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+pub async fn serve(site: DemoSite, port: u16) -> std::io::Result<SocketAddr> {
+    serve_on(site, SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await
+}
+
+/// [`serve`] on any address (`0.0.0.0:8080` to serve other containers).
+pub async fn serve_on(site: DemoSite, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("bind 127.0.0.1:{port}"))?;
-    let addr = listener.local_addr().context("local address")?;
+        .map_err(|e| std::io::Error::new(e.kind(), format!("bind {addr}: {e}")))?;
+    let bound = listener.local_addr()?;
     let listener = listener.tap_io(|tcp| {
         // Best effort: a response is one write anyway.
         let _ = tcp.set_nodelay(true);
@@ -494,7 +499,7 @@ pub async fn serve(site: DemoSite, port: u16) -> anyhow::Result<SocketAddr> {
             eprintln!("demo site stopped: {e}");
         }
     });
-    Ok(addr)
+    Ok(bound)
 }
 
 async fn handle(State(site): State<Arc<DemoSite>>, uri: Uri, headers: HeaderMap) -> Response {
