@@ -8,7 +8,8 @@ use std::time::Instant;
 use crate::common::hosts::{loopback_ips, HostSpec, HostsSite};
 use crate::common::jetstream;
 use crate::support::{
-    assert_none, fetch_counts, harness_for, seed, start_pipeline, stop, Bind, Knobs, CRAWL,
+    assert_none, fetch_counts, harness_for, scheduled_depths, seed, start_pipeline, stop, Bind,
+    Knobs, CRAWL,
 };
 
 /// FRONTIER messages stored per URL, at most. Each URL is published once (the seeds
@@ -64,7 +65,7 @@ async fn single_host_crawl_writes_frontier_a_few_times_per_url() {
         .await;
     assert_none(
         "pages not fetched exactly once",
-        &fetch_counts(&site, &expected, 1),
+        &fetch_counts(&site, &expected, &scheduled_depths(&h).await, 0),
         "",
     );
     stop(&h, &mut fetchers, &mut parser, &mut sink).await;

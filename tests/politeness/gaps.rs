@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use crate::common::hosts::{loopback_ips, HostSpec, HostsSite, Link, PageSpec, Robots};
 use crate::support::{
-    assert_none, fetch_counts, harness_for, politeness, seed, start_pipeline, stop, Bind, Knobs,
-    Promise, CRAWL,
+    assert_none, fetch_counts, harness_for, politeness, scheduled_depths, seed, start_pipeline,
+    stop, Bind, Knobs, Promise, CRAWL,
 };
 
 /// Four small shops (15 pages each; the second with a robots.txt that disallows
@@ -81,7 +81,7 @@ async fn polite_at(fetchers: usize, concurrency: u32, latency: Duration) {
     let expected = site.expected_pages(&seeds, knobs.max_depth);
     assert_none(
         "pages not fetched exactly once",
-        &fetch_counts(&site, &expected, 1),
+        &fetch_counts(&site, &expected, &scheduled_depths(&h).await, 0),
         "",
     );
     stop(&h, &mut fleet, &mut parser, &mut sink).await;

@@ -6,8 +6,8 @@
 use crate::common::hosts::{loopback_ips, HostSpec, HostsSite, Link, PageSpec, Robots};
 use crate::common::jetstream;
 use crate::support::{
-    assert_none, fetch_counts, harness_for, politeness, seed, start_pipeline, stop, Bind, Knobs,
-    Promise, CRAWL,
+    assert_none, fetch_counts, harness_for, politeness, scheduled_depths, seed, start_pipeline,
+    stop, Bind, Knobs, Promise, CRAWL,
 };
 
 const PRIVATE: &str = "/private/p/0-staff-pick.html";
@@ -88,7 +88,7 @@ async fn robots_txt_unreachable_at_first_defers_the_host_then_crawls_it() {
     let expected = site.expected_pages(&seeds, knobs.max_depth);
     assert_none(
         "pages not fetched exactly once",
-        &fetch_counts(&site, &expected, 1),
+        &fetch_counts(&site, &expected, &scheduled_depths(&h).await, 0),
         "",
     );
     let (summary, broken) = politeness(&site, Promise::of(&knobs));

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::common::hosts::{HostsSite, Link};
-use crate::common::{Harness, HarnessOptions, Role, Service};
+use crate::common::{jetstream, Harness, HarnessOptions, Role, Service};
 use crate::measure::{by_sender, max_in_flight, start_gaps};
 
 /// Services up and their streams, consumers and table created.
@@ -274,10 +274,34 @@ pub fn politeness(site: &HostsSite, promise: Promise) -> (String, Vec<String>) {
 
 /// Pages requested a wrong number of times: each page of `expected` between 1 and
 /// `max_times` times, nothing else but robots.txt at all.
+/// How many distinct depths each URL was scheduled at, from its page records in PAGES:
+/// a URL found again along a shorter path is scheduled (and fetched) again at that
+/// depth on purpose, so the depth rule of a limited crawl holds.
+pub async fn scheduled_depths(h: &Harness) -> BTreeMap<String, usize> {
+    let js = jetstream::connect(&h.nats.url()).await;
+    let mut depths: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for record in jetstream::page_records(&js, &h.crawl).await {
+        if let (Some(url), Some(depth)) = (
+            record.header("Jetcrawl-Url"),
+            record.header("Jetcrawl-Depth"),
+        ) {
+            depths
+                .entry(url.to_string())
+                .or_default()
+                .insert(depth.to_string());
+        }
+    }
+    depths.into_iter().map(|(url, d)| (url, d.len())).collect()
+}
+
+/// Pages fetched other than once per depth they were scheduled at (`extra` more
+/// allowed: what a killed or frozen fetcher had in flight), or not at all, or that
+/// should never have been fetched.
 pub fn fetch_counts(
     site: &HostsSite,
     expected: &BTreeMap<Link, u32>,
-    max_times: usize,
+    depths: &BTreeMap<String, usize>,
+    extra: usize,
 ) -> Vec<String> {
     let counts = site.counts_by_page();
     let mut problems = Vec::new();
@@ -286,10 +310,15 @@ pub fn fetch_counts(
             .get(&(link.host, link.path.clone()))
             .copied()
             .unwrap_or(0);
+        let url = site.url(link);
+        let max_times = depths.get(&url).copied().unwrap_or(1).max(1) + extra;
         if n == 0 {
-            problems.push(format!("{}: never fetched", site.url(link)));
+            problems.push(format!("{url}: never fetched"));
         } else if n > max_times {
-            problems.push(format!("{}: fetched {n} times", site.url(link)));
+            problems.push(format!(
+                "{url}: fetched {n} times, scheduled at {} depth(s)",
+                max_times - extra
+            ));
         }
     }
     for ((host, path), n) in &counts {
