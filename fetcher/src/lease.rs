@@ -41,6 +41,11 @@ pub struct Lease {
     base: Instant,
     /// Milliseconds after `base` at which the lease stops holding.
     until_ms: AtomicU64,
+    /// Revoked while still held (handed over, or the process stopping): what it holds
+    /// may be handed back at once. A lease that was lost gives nothing back: the
+    /// server may have delivered those messages to the new owner since, and a nak
+    /// from here would make it deliver them again.
+    graceful: std::sync::atomic::AtomicBool,
 }
 
 impl Lease {
@@ -50,6 +55,7 @@ impl Lease {
             revoked: parent.child_token(),
             base: sent,
             until_ms: AtomicU64::new(0),
+            graceful: std::sync::atomic::AtomicBool::new(false),
         };
         lease.extend(sent);
         lease
@@ -59,6 +65,19 @@ impl Lease {
     pub fn holds(&self) -> bool {
         !self.revoked.is_cancelled()
             && (self.base.elapsed().as_millis() as u64) < self.until_ms.load(Ordering::Acquire)
+    }
+
+    /// Whether what this lease's partition holds may be handed back (nak) now.
+    pub fn may_hand_back(&self) -> bool {
+        self.graceful.load(Ordering::Acquire)
+    }
+
+    /// End the lease while it still holds: a hand-over or a shutdown.
+    fn hand_over(&self) {
+        if self.holds() {
+            self.graceful.store(true, Ordering::Release);
+        }
+        self.revoked.cancel();
     }
 
     /// A renewal sent at `sent` succeeded.
@@ -159,7 +178,7 @@ pub async fn own_partitions<R: PartitionRunner>(
             match held.get_mut(&p) {
                 Some(h) if !mine && !h.releasing => {
                     h.releasing = true;
-                    h.lease.revoked.cancel();
+                    h.lease.hand_over();
                 }
                 Some(_) => {}
                 None if mine && !live.owners.contains_key(&p) => {
@@ -192,8 +211,12 @@ pub async fn own_partitions<R: PartitionRunner>(
         }
         metrics.partitions_owned.set(held.len() as i64);
     }
-    // Shutdown: every lease is revoked (child tokens); wait for the runners to wind
-    // down, then free the partitions so the other fetchers take them at once.
+    // Shutdown: every lease is handed over (the shutdown token is their parent, so mark
+    // them first); wait for the runners to wind down, then free the partitions so the
+    // other fetchers take them at once.
+    for h in held.values() {
+        h.lease.hand_over();
+    }
     while running.join_next().await.is_some() {}
     for (p, h) in held {
         let _ = store

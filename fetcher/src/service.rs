@@ -244,7 +244,7 @@ async fn handle(ctx: Arc<Ctx>, lease: Arc<Lease>, msg: jetstream::Message) {
             }
             if wait_ms > 0 && !hold(&ctx, &lease, &msg, Duration::from_millis(wait_ms as u64)).await
             {
-                ack(&msg, AckKind::Nak(None)).await;
+                hand_back(&lease, &msg).await;
                 return;
             }
         }
@@ -279,7 +279,7 @@ async fn handle(ctx: Arc<Ctx>, lease: Arc<Lease>, msg: jetstream::Message) {
                     if hold(&ctx, &lease, &msg, wait).await {
                         continue;
                     }
-                    ack(&msg, AckKind::Nak(None)).await;
+                    hand_back(&lease, &msg).await;
                 }
                 FetchOutcome::Later(wait) => {
                     // A long wait (a slow host's queue, robots.txt unreachable) would keep
@@ -292,7 +292,16 @@ async fn handle(ctx: Arc<Ctx>, lease: Arc<Lease>, msg: jetstream::Message) {
                     ctx.metrics.handed_back.inc();
                     requeue(&ctx, &msg, &request, format!("l{seq}-{handed_back}"), wait).await;
                 }
-                FetchOutcome::Revoked => ack(&msg, AckKind::Nak(None)).await,
+                FetchOutcome::Revoked if !lease.revoked.is_cancelled() => {
+                    // Fenced, not lost: renewals are failing just now. Handing the
+                    // request back would bring it straight back here, each time a
+                    // delivery; wait for the lease to hold again, or to end.
+                    if wait_for_lease(&ctx, &lease, &msg).await {
+                        continue;
+                    }
+                    hand_back(&lease, &msg).await;
+                }
+                FetchOutcome::Revoked => hand_back(&lease, &msg).await,
                 FetchOutcome::Invalid(reason) => {
                     give_up(&ctx.js, &ctx.names, "fetcher", &msg, &reason, &ctx.metrics).await;
                 }
@@ -302,6 +311,28 @@ async fn handle(ctx: Arc<Ctx>, lease: Arc<Lease>, msg: jetstream::Message) {
     }
     .instrument(span)
     .await
+}
+
+/// Give a request of an ended lease back: at once (nak) if the lease was handed over
+/// while it held; otherwise leave it, and the server redelivers it after `ack_wait`.
+/// A fetcher that lost its lease (paused, cut off) may hold stale deliveries of
+/// requests the new owner has since received: each nak would deliver them again.
+async fn hand_back(lease: &Lease, msg: &jetstream::Message) {
+    if lease.may_hand_back() {
+        ack(msg, AckKind::Nak(None)).await;
+    } else {
+        tracing::debug!("lease lost: request left to be redelivered");
+    }
+}
+
+/// Keep `msg` until the lease holds again (true) or ends (false).
+async fn wait_for_lease(ctx: &Ctx, lease: &Lease, msg: &jetstream::Message) -> bool {
+    while !lease.holds() {
+        if !hold(ctx, lease, msg, Duration::from_millis(250)).await {
+            return false;
+        }
+    }
+    true
 }
 
 /// Keep `msg` for `wait` (progress acks); false if the lease ended first.

@@ -315,9 +315,20 @@ pub fn fetch_counts(
         if n == 0 {
             problems.push(format!("{url}: never fetched"));
         } else if n > max_times {
+            let t0 = site.log().first().map(|r| r.start);
+            let by: Vec<String> = site
+                .requests_to(link.host)
+                .into_iter()
+                .filter(|r| r.path == link.path)
+                .map(|r| {
+                    let at = t0.map_or(0.0, |t0| (r.start - t0).as_secs_f64());
+                    format!("{} at {at:.2} s", r.sender())
+                })
+                .collect();
             problems.push(format!(
-                "{url}: fetched {n} times, scheduled at {} depth(s)",
-                max_times - extra
+                "{url}: fetched {n} times, scheduled at {} depth(s): {}",
+                max_times - extra,
+                by.join(", ")
             ));
         }
     }
