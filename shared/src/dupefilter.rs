@@ -191,19 +191,7 @@ impl RedisDupefilter {
     }
 
     async fn add(&self, fps: &[Seen]) -> Result<(), Error> {
-        if fps.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        for &(fp, depth) in fps {
-            pipe.cmd("SADD")
-                .arg(self.key(fp))
-                .arg(member(fp, depth))
-                .ignore();
-        }
-        let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn).await?;
-        Ok(())
+        self.add_counting_deeper(fps, 0, 0).await.map(|_| ())
     }
 }
 
