@@ -11,7 +11,7 @@ use url::Url;
 
 use jetcrawl_shared::canon::{partition, url_fingerprint};
 use jetcrawl_shared::config::PolitenessPer;
-use jetcrawl_shared::dupefilter::{Dupefilter, Seen};
+use jetcrawl_shared::dupefilter::{tracked_depth, Dupefilter, Seen};
 use jetcrawl_shared::hostkey::HostKeys;
 use jetcrawl_shared::message::{item_msg_id, request_id, CrawlRequest, Item};
 use jetcrawl_shared::telemetry::Metrics;
@@ -72,7 +72,7 @@ impl Planner {
                 subject: self
                     .names
                     .frontier_subject(partition(&key, self.partitions)),
-                msg_id: request_id(fp, depth),
+                msg_id: request_id(fp, tracked_depth(depth, self.max_depth)),
                 request: CrawlRequest {
                     url: url.to_string(),
                     depth,
@@ -135,9 +135,14 @@ pub struct Dedup {
 }
 
 impl Dedup {
+    /// What the dupefilter keeps of a planned request.
+    fn seen(&self, p: &Planned) -> Seen {
+        (p.fp, tracked_depth(p.request.depth, self.max_depth))
+    }
+
     /// The requests the dupefilter has not seen, in order (one round trip).
     pub async fn fresh(&self, requests: &[Planned]) -> Result<Vec<Planned>, ParseError> {
-        let fps: Vec<Seen> = requests.iter().map(|p| (p.fp, p.request.depth)).collect();
+        let fps: Vec<Seen> = requests.iter().map(|p| self.seen(p)).collect();
         let seen = self.dupefilter.check(&fps).await?;
         let fresh: Vec<Planned> = requests
             .iter()
@@ -156,9 +161,13 @@ impl Dedup {
         also_seen: &[Seen],
         found: usize,
     ) -> Result<(), ParseError> {
-        let mut add: Vec<Seen> = sent.iter().map(|p| (p.fp, p.request.depth)).collect();
+        let mut add: Vec<Seen> = sent.iter().map(|p| self.seen(p)).collect();
         let sent_now = add.len();
-        add.extend_from_slice(also_seen);
+        add.extend(
+            also_seen
+                .iter()
+                .map(|&(fp, depth)| (fp, tracked_depth(depth, self.max_depth))),
+        );
         // Of the URLs sent, those scheduled before at a deeper depth (fetched again, so
         // that their links are followed to `max_depth` from the shorter path): asked in
         // the same round trip as the add.
@@ -266,6 +275,34 @@ mod tests {
         assert_eq!(planned[2].request.depth, 3);
         assert_eq!(planned[0].request.key, None);
         assert_ne!(planned[0].fp, planned[1].fp);
+    }
+
+    #[tokio::test]
+    async fn a_crawl_not_limited_by_depth_schedules_each_url_once() {
+        use jetcrawl_shared::dupefilter::MemoryDupefilter;
+        let url = Url::parse("http://a.test/p").unwrap();
+        for (max_depth, scheduled_again) in [(8, true), (100, false)] {
+            let planner = Planner {
+                max_depth,
+                ..planner(PolitenessPer::Host)
+            };
+            let dedup = Dedup {
+                dupefilter: Dupefilter::Memory(MemoryDupefilter::default()),
+                metrics: Metrics::new(),
+                max_depth,
+            };
+            let deep = planner.plan(std::slice::from_ref(&url), 5).await;
+            let sent = dedup.fresh(&deep).await.unwrap();
+            dedup.mark_sent(&sent, &[], 1).await.unwrap();
+            let shallow = planner.plan(std::slice::from_ref(&url), 2).await;
+            let again = dedup.fresh(&shallow).await.unwrap();
+            assert_eq!(!again.is_empty(), scheduled_again, "max_depth {max_depth}");
+            assert_eq!(
+                deep[0].msg_id == shallow[0].msg_id,
+                !scheduled_again,
+                "ids carry the depth only when it is tracked"
+            );
+        }
     }
 
     #[tokio::test]

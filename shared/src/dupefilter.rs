@@ -33,6 +33,18 @@ pub const MAX_TRACKED_DEPTH: u32 = (1 << DEPTH_BITS) - 1;
 /// A fingerprint and the depth it is (to be) scheduled at.
 pub type Seen = (u64, u32);
 
+/// The depth the dupefilter keeps for a URL scheduled at `depth` by a spider with
+/// `max_depth`. Beyond [`MAX_TRACKED_DEPTH`] depths cannot be told apart, so a spider
+/// whose `max_depth` is larger (a crawl not limited by depth) keeps none: every URL is
+/// scheduled once, at the depth it was first found, and checked with one member.
+pub fn tracked_depth(depth: u32, max_depth: u32) -> u32 {
+    if max_depth > MAX_TRACKED_DEPTH {
+        0
+    } else {
+        depth
+    }
+}
+
 /// Check-then-add set of fingerprints, one per crawl.
 #[derive(Clone)]
 pub enum Dupefilter {
