@@ -88,11 +88,35 @@ impl Lease {
     }
 }
 
-/// The fetcher that owns `partition` among `live` fetcher ids: the highest score.
-pub fn assigned_owner(partition: u32, live: &[String]) -> Option<&str> {
-    live.iter()
-        .max_by_key(|id| rendezvous(id, partition))
-        .map(String::as_str)
+/// Who owns each partition among `live` fetcher ids: rendezvous hashing with bounded
+/// load. Pairs (partition, fetcher) are taken in order of their score, highest first,
+/// and a fetcher takes no more than ceil(P / n) partitions, so every fetcher computes
+/// the same answer, a join or a leave moves few partitions, and no fetcher is left with
+/// none (plain rendezvous over 16 partitions can give one fetcher of three nothing).
+pub fn assignment(partitions: u32, live: &[String]) -> Vec<Option<&str>> {
+    let mut owners: Vec<Option<&str>> = vec![None; partitions as usize];
+    if live.is_empty() {
+        return owners;
+    }
+    let cap = (partitions as usize).div_ceil(live.len());
+    let mut pairs: Vec<(u64, u32, &str)> = (0..partitions)
+        .flat_map(|p| {
+            live.iter()
+                .map(move |id| (rendezvous(id, p), p, id.as_str()))
+        })
+        .collect();
+    // Highest score first; ties (never in practice) broken by id, then partition.
+    pairs.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.2.cmp(b.2)).then(a.1.cmp(&b.1)));
+    let mut load: HashMap<&str, usize> = HashMap::new();
+    for (_, p, id) in pairs {
+        let slot = &mut owners[p as usize];
+        let taken = load.entry(id).or_default();
+        if slot.is_none() && *taken < cap {
+            *slot = Some(id);
+            *taken += 1;
+        }
+    }
+    owners
 }
 
 fn rendezvous(id: &str, partition: u32) -> u64 {
@@ -173,8 +197,9 @@ pub async fn own_partitions<R: PartitionRunner>(
             fetchers.push(me.id.clone());
         }
         metrics.live_fetchers.set(fetchers.len() as i64);
+        let owners = assignment(partitions, &fetchers);
         for p in 0..partitions {
-            let mine = assigned_owner(p, &fetchers) == Some(me.id.as_str());
+            let mine = owners[p as usize] == Some(me.id.as_str());
             match held.get_mut(&p) {
                 Some(h) if !mine && !h.releasing => {
                     h.releasing = true;
@@ -279,20 +304,30 @@ mod tests {
     }
 
     #[test]
-    fn rendezvous_moves_few_partitions_when_a_fetcher_joins() {
-        let three = ids(3);
-        let four = ids(4);
-        let p = 64;
-        let moved = (0..p)
-            .filter(|&x| assigned_owner(x, &three) != assigned_owner(x, &four))
-            .count();
-        let to_new = (0..p)
-            .filter(|&x| assigned_owner(x, &four) == Some(four[3].as_str()))
-            .count();
-        assert_eq!(moved, to_new, "only partitions the new fetcher takes move");
-        assert!((8..=26).contains(&moved), "about P/4 move: {moved}");
-        for x in 0..p {
-            assert!(assigned_owner(x, &three).is_some());
+    fn a_join_moves_few_partitions_and_every_fetcher_gets_its_share() {
+        for p in [16u32, 64] {
+            for n in 1..=5usize {
+                let (fewer, more) = (ids(n), ids(n + 1));
+                let before = assignment(p, &fewer);
+                let after = assignment(p, &more);
+                assert!(before.iter().all(Option::is_some));
+                let moved = (0..p as usize).filter(|&x| before[x] != after[x]).count();
+                // Ideal is P/(n+1); bounded load costs a little more.
+                let ideal = p as usize / (n + 1);
+                assert!(
+                    moved <= 2 * ideal + 2,
+                    "P={p} n={n}: {moved} moved, ideal {ideal}"
+                );
+                for id in &more {
+                    let owned = after.iter().filter(|o| **o == Some(id.as_str())).count();
+                    let hi = (p as usize).div_ceil(n + 1);
+                    assert!(
+                        owned >= 1 && owned <= hi,
+                        "P={p} n={}: {id} owns {owned}",
+                        n + 1
+                    );
+                }
+            }
         }
     }
 
@@ -301,10 +336,8 @@ mod tests {
         let mut a = ids(5);
         let b = a.clone();
         a.reverse();
-        for x in 0..32 {
-            assert_eq!(assigned_owner(x, &a), assigned_owner(x, &b));
-        }
-        assert_eq!(assigned_owner(0, &[]), None);
+        assert_eq!(assignment(32, &a), assignment(32, &b));
+        assert_eq!(assignment(4, &[]), vec![None; 4]);
     }
 
     #[tokio::test(start_paused = true)]
