@@ -173,7 +173,11 @@ impl Dedup {
         // the same round trip as the add.
         let deeper = self
             .dupefilter
-            .add_counting_deeper(&add, sent_now, self.max_depth)
+            .add_counting_deeper(
+                &add,
+                sent_now,
+                tracked_depth(self.max_depth, self.max_depth),
+            )
             .await?;
         self.metrics.links_replanned.inc_by(deeper);
         self.metrics.links_found.inc_by(found as u64);
