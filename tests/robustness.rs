@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
@@ -619,21 +618,10 @@ async fn hostile_pages_do_not_hurt_the_crawl() {
     );
     // A trap page reached again along a shorter path is scheduled (and fetched) again
     // at that depth: once per depth its page records carry.
-    let mut depths: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for record in &pages {
-        if let (Some(url), Some(depth)) = (
-            record.header("Jetcrawl-Url"),
-            record.header("Jetcrawl-Depth"),
-        ) {
-            depths
-                .entry(url.to_string())
-                .or_default()
-                .insert(depth.to_string());
-        }
-    }
+    let depths = jetstream::scheduled_depths(&js, &h.crawl).await;
     let mut problems = Vec::new();
     for (key, n) in &log {
-        let scheduled = depths.get(&site.url(key)).map_or(1, |d| d.len().max(1)) as u32;
+        let scheduled = depths.get(&site.url(key)).map_or(1, |&d| d.max(1)) as u32;
         if key.starts_with(hostile::TRAP_PREFIX) && *n != scheduled {
             problems.push(format!(
                 "{key}: {n} requests, expected {scheduled} (once per depth it was scheduled at)"

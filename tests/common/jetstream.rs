@@ -166,3 +166,26 @@ pub async fn page_records(js: &Context, crawl: &str) -> Vec<StoredMessage> {
     )
     .await
 }
+
+/// How many distinct depths each URL was scheduled at, from its page records in PAGES:
+/// a URL found again along a shorter path is scheduled (and fetched) again at that
+/// depth on purpose, so a depth-limited crawl reaches the same pages in any order.
+pub async fn scheduled_depths(
+    js: &Context,
+    crawl: &str,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut depths: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    for record in page_records(js, crawl).await {
+        if let (Some(url), Some(depth)) = (
+            record.header("Jetcrawl-Url"),
+            record.header("Jetcrawl-Depth"),
+        ) {
+            depths
+                .entry(url.to_string())
+                .or_default()
+                .insert(depth.to_string());
+        }
+    }
+    depths.into_iter().map(|(url, d)| (url, d.len())).collect()
+}

@@ -274,24 +274,11 @@ pub fn politeness(site: &HostsSite, promise: Promise) -> (String, Vec<String>) {
 
 /// Pages requested a wrong number of times: each page of `expected` between 1 and
 /// `max_times` times, nothing else but robots.txt at all.
-/// How many distinct depths each URL was scheduled at, from its page records in PAGES:
-/// a URL found again along a shorter path is scheduled (and fetched) again at that
-/// depth on purpose, so the depth rule of a limited crawl holds.
+/// How many distinct depths each URL was scheduled at (see
+/// [`jetstream::scheduled_depths`]).
 pub async fn scheduled_depths(h: &Harness) -> BTreeMap<String, usize> {
     let js = jetstream::connect(&h.nats.url()).await;
-    let mut depths: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
-    for record in jetstream::page_records(&js, &h.crawl).await {
-        if let (Some(url), Some(depth)) = (
-            record.header("Jetcrawl-Url"),
-            record.header("Jetcrawl-Depth"),
-        ) {
-            depths
-                .entry(url.to_string())
-                .or_default()
-                .insert(depth.to_string());
-        }
-    }
-    depths.into_iter().map(|(url, d)| (url, d.len())).collect()
+    jetstream::scheduled_depths(&js, &h.crawl).await
 }
 
 /// Pages fetched other than once per depth they were scheduled at (`extra` more
