@@ -142,6 +142,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     telemetry::init_tracing();
+    jetcrawl_shared::failpoint::init();
     let cli = Cli::parse();
     let stop = shutdown::on_signals();
     match cli.command {

@@ -659,7 +659,7 @@ async fn hostile_pages_do_not_hurt_the_crawl() {
 
 /// A windows-1252 page of 3 MB whose every byte is 0x80 (`€`, three bytes in UTF-8):
 /// under the raw body cap (4 MB by default), but 9 MB once decoded, over the NATS
-/// server's 8 MB max_payload. The spider file promises bodies "also capped by the
+/// server's 1 MB max_payload (its default). The spider file promises bodies "also capped by the
 /// NATS server's max_payload", truncated and flagged; the page must be recorded and
 /// its item stored, not dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -232,9 +232,10 @@ impl NatsServer {
         // The server stores under `<store_dir>/jetstream`.
         let store = self.dir.path();
         let conf = self.dir.path().join("nats.conf");
-        // `--max_payload` is not a command-line flag, hence a config file.
+        // Stock settings (1 MB max_payload): a limit raised here would hide what a
+        // real deployment hits.
         let text = format!(
-            "listen: \"127.0.0.1:{port}\"\nmax_payload: 8388608\njetstream {{\n  store_dir: \"{store}\"\n}}\n",
+            "listen: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: \"{store}\"\n}}\n",
             port = self.port,
             store = store.display(),
         );

@@ -8,14 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
-use async_nats::jetstream::{self, message::PublishMessage, AckKind};
+use async_nats::jetstream::{self, message::PublishMessage};
 use bytes::Bytes;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use jetcrawl_shared::canon::{partition, url_fingerprint};
-use jetcrawl_shared::consume::{self, ack, give_up, retry_in_place, with_progress, ConsumeOptions};
+use jetcrawl_shared::consume::{self, retry_in_place, ConsumeOptions, Disposition};
+use jetcrawl_shared::failpoint;
 use jetcrawl_shared::message::{CrawlRequest, Page};
 use jetcrawl_shared::presence::{self, Instance};
 use jetcrawl_shared::telemetry::Metrics;
@@ -49,8 +50,6 @@ struct Ctx {
     names: Names,
     metrics: Metrics,
     window: usize,
-    /// How often a long fetch (or a wait for the host) tells the server it is in progress.
-    progress_every: Duration,
 }
 
 /// Requests that would wait longer than this for their host (or their retry time)
@@ -106,7 +105,6 @@ pub async fn run(cfg: FetcherConfig, shutdown: CancellationToken) -> Result<(), 
         spider: spider.clone(),
         metrics: cfg.metrics.clone(),
         window: cfg.window.max(1),
-        progress_every: cfg.spider.spider.streams.ack_wait() / 3,
     });
     let reporter = tokio::spawn(report(ctx.clone()));
     cfg.metrics.set_ready(true);
@@ -222,14 +220,10 @@ async fn report(ctx: Arc<Ctx>) {
     }
 }
 
-async fn handle(ctx: Arc<Ctx>, lease: Arc<Lease>, msg: jetstream::Message) {
+async fn handle(ctx: Arc<Ctx>, lease: Arc<Lease>, msg: jetstream::Message) -> Disposition {
     let req: CrawlRequest = match serde_json::from_slice(&msg.payload) {
         Ok(r) => r,
-        Err(e) => {
-            let reason = format!("not a crawl request: {e}");
-            give_up(&ctx.js, &ctx.names, "fetcher", &msg, &reason, &ctx.metrics).await;
-            return;
-        }
+        Err(e) => return Disposition::Dead(format!("not a crawl request: {e}")),
     };
     let span = tracing::info_span!("fetch", url = %req.url, tries = req.tries);
     async {
@@ -238,32 +232,30 @@ async fn handle(ctx: Arc<Ctx>, lease: Arc<Lease>, msg: jetstream::Message) {
             // Backoffs are capped at 10 minutes; a time far beyond that is not one of
             // ours, and waiting for it would stall the request forever.
             if wait_ms > HOLD_LIMIT.as_millis() as i64 && wait_ms <= MAX_NOT_BEFORE_MS {
-                let wait = Duration::from_millis(wait_ms as u64);
-                ack(&msg, AckKind::Nak(Some(wait))).await;
-                return;
+                return Disposition::Retry(Some(Duration::from_millis(wait_ms as u64)));
             }
-            if wait_ms > 0 && !hold(&ctx, &lease, &msg, Duration::from_millis(wait_ms as u64)).await
-            {
-                hand_back(&lease, &msg).await;
-                return;
+            if wait_ms > 0 && !hold(&lease, Duration::from_millis(wait_ms as u64)).await {
+                return hand_back(&lease);
             }
         }
         let mut handed_back = 0u32;
         loop {
             ctx.metrics.in_flight.inc();
-            let outcome = with_progress(
-                &msg,
-                ctx.progress_every,
-                ctx.fetcher.fetch(&req, Some(&lease)),
-            )
-            .await;
+            let outcome = ctx.fetcher.fetch(&req, Some(&lease)).await;
             ctx.metrics.in_flight.dec();
-            match outcome {
+            return match outcome {
                 FetchOutcome::Page(page) => {
+                    failpoint::hit("fetcher.after-fetch");
                     let id = req.page_msg_id(page.fingerprint);
-                    let published =
-                        publish_holding(&ctx, &msg, || publish_page(&ctx, &page, id.clone())).await;
-                    settle_publish(&ctx, &msg, published).await;
+                    let published = publish_holding(|| publish_page(&ctx, &page, id.clone())).await;
+                    match published {
+                        Some(Ok(())) => {
+                            failpoint::hit("fetcher.after-publish");
+                            Disposition::Ack
+                        }
+                        Some(Err(e)) => Disposition::Dead(e.to_string()),
+                        None => Disposition::Retry(None),
+                    }
                 }
                 FetchOutcome::Retry { request, delay } => {
                     tracing::info!(
@@ -272,14 +264,14 @@ async fn handle(ctx: Arc<Ctx>, lease: Arc<Lease>, msg: jetstream::Message) {
                         "will retry"
                     );
                     let id = format!("t{}", request.tries);
-                    requeue(&ctx, &msg, &request, id, delay).await;
+                    requeue(&ctx, &msg, &request, id, delay).await
                 }
                 FetchOutcome::Later(wait) if wait <= HOLD_LIMIT => {
                     // Waits here: this fetcher owns the host, nobody else can serve it.
-                    if hold(&ctx, &lease, &msg, wait).await {
+                    if hold(&lease, wait).await {
                         continue;
                     }
-                    hand_back(&lease, &msg).await;
+                    hand_back(&lease)
                 }
                 FetchOutcome::Later(wait) => {
                     // A long wait (a slow host's queue, robots.txt unreachable) would keep
@@ -290,23 +282,20 @@ async fn handle(ctx: Arc<Ctx>, lease: Arc<Lease>, msg: jetstream::Message) {
                     let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
                     handed_back += 1;
                     ctx.metrics.handed_back.inc();
-                    requeue(&ctx, &msg, &request, format!("l{seq}-{handed_back}"), wait).await;
+                    requeue(&ctx, &msg, &request, format!("l{seq}-{handed_back}"), wait).await
                 }
                 FetchOutcome::Revoked if !lease.revoked.is_cancelled() => {
                     // Fenced, not lost: renewals are failing just now. Handing the
                     // request back would bring it straight back here, each time a
                     // delivery; wait for the lease to hold again, or to end.
-                    if wait_for_lease(&ctx, &lease, &msg).await {
+                    if wait_for_lease(&lease).await {
                         continue;
                     }
-                    hand_back(&lease, &msg).await;
+                    hand_back(&lease)
                 }
-                FetchOutcome::Revoked => hand_back(&lease, &msg).await,
-                FetchOutcome::Invalid(reason) => {
-                    give_up(&ctx.js, &ctx.names, "fetcher", &msg, &reason, &ctx.metrics).await;
-                }
-            }
-            return;
+                FetchOutcome::Revoked => hand_back(&lease),
+                FetchOutcome::Invalid(reason) => Disposition::Dead(reason),
+            };
         }
     }
     .instrument(span)
@@ -317,29 +306,30 @@ async fn handle(ctx: Arc<Ctx>, lease: Arc<Lease>, msg: jetstream::Message) {
 /// while it held; otherwise leave it, and the server redelivers it after `ack_wait`.
 /// A fetcher that lost its lease (paused, cut off) may hold stale deliveries of
 /// requests the new owner has since received: each nak would deliver them again.
-async fn hand_back(lease: &Lease, msg: &jetstream::Message) {
+fn hand_back(lease: &Lease) -> Disposition {
     if lease.may_hand_back() {
-        ack(msg, AckKind::Nak(None)).await;
+        Disposition::Retry(None)
     } else {
         tracing::debug!("lease lost: request left to be redelivered");
+        Disposition::Abandon
     }
 }
 
-/// Keep `msg` until the lease holds again (true) or ends (false).
-async fn wait_for_lease(ctx: &Ctx, lease: &Lease, msg: &jetstream::Message) -> bool {
+/// Wait until the lease holds again (true) or ends (false).
+async fn wait_for_lease(lease: &Lease) -> bool {
     while !lease.holds() {
-        if !hold(ctx, lease, msg, Duration::from_millis(250)).await {
+        if !hold(lease, Duration::from_millis(250)).await {
             return false;
         }
     }
     true
 }
 
-/// Keep `msg` for `wait` (progress acks); false if the lease ended first.
-async fn hold(ctx: &Ctx, lease: &Lease, msg: &jetstream::Message, wait: Duration) -> bool {
-    let sleep = with_progress(msg, ctx.progress_every, tokio::time::sleep(wait));
+/// Wait `wait` (the consume loop keeps the request in progress); false if the lease
+/// ended first.
+async fn hold(lease: &Lease, wait: Duration) -> bool {
     tokio::select! {
-        _ = sleep => true,
+        _ = tokio::time::sleep(wait) => true,
         _ = lease.revoked.cancelled() => false,
     }
 }
@@ -368,7 +358,7 @@ async fn requeue(
     req: &CrawlRequest,
     suffix: String,
     delay: Duration,
-) {
+) -> Disposition {
     let fp = url::Url::parse(&req.url)
         .map(|u| url_fingerprint(&u))
         .unwrap_or_default();
@@ -382,21 +372,17 @@ async fn requeue(
             .await
     };
     match published.await {
-        Ok(_) => ack(msg, AckKind::Ack).await,
+        Ok(_) => Disposition::Ack,
         Err(e) => {
             tracing::warn!(error = %e, "frontier did not take the request back; nak instead");
-            ack(msg, AckKind::Nak(Some(delay.max(Duration::from_secs(1))))).await;
+            Disposition::Retry(Some(delay.max(Duration::from_secs(1))))
         }
     }
 }
 
 /// Publish, retrying in place while NATS reconnects or PAGES is full: the request
-/// stays ours (progress acks) and this fetch slot waits, so the pull pauses too.
-async fn publish_holding<F, Fut>(
-    ctx: &Ctx,
-    msg: &jetstream::Message,
-    attempt: F,
-) -> Option<Result<(), PublishError>>
+/// stays ours and this fetch slot waits, so the pull pauses too.
+async fn publish_holding<F, Fut>(attempt: F) -> Option<Result<(), PublishError>>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), PublishError>>,
@@ -406,27 +392,5 @@ where
     // was fetched, and publishing it is what keeps it from being fetched twice).
     let retryable = |e: &PublishError| e.kind() != PublishErrorKind::MaxPayloadExceeded;
     let never = CancellationToken::new();
-    retry_in_place(msg, ctx.progress_every, &never, retryable, attempt).await
-}
-
-async fn settle_publish(
-    ctx: &Ctx,
-    msg: &jetstream::Message,
-    published: Option<Result<(), PublishError>>,
-) {
-    match published {
-        Some(Ok(())) => ack(msg, AckKind::Ack).await,
-        Some(Err(e)) => {
-            give_up(
-                &ctx.js,
-                &ctx.names,
-                "fetcher",
-                msg,
-                &e.to_string(),
-                &ctx.metrics,
-            )
-            .await
-        }
-        None => ack(msg, AckKind::Nak(None)).await,
-    }
+    retry_in_place(&never, retryable, attempt).await
 }

@@ -23,6 +23,8 @@ pub enum ParseError {
         subject: String,
         /// The server's or client's word.
         message: String,
+        /// False when it can never go through (larger than the server allows).
+        retryable: bool,
     },
 }
 
@@ -32,7 +34,7 @@ impl ParseError {
         match self {
             ParseError::Selector { .. } => false,
             ParseError::Shared(e) => e.is_retryable(),
-            ParseError::Publish { .. } => true,
+            ParseError::Publish { retryable, .. } => *retryable,
         }
     }
 }

@@ -9,6 +9,7 @@ use serde_json::Value;
 use url::Url;
 
 use jetcrawl_shared::canon::{self, host_in_scope};
+use jetcrawl_shared::hostkey::registrable_domain;
 use jetcrawl_shared::message::{item_id, Item, Page};
 use jetcrawl_shared::CompiledSpider;
 
@@ -210,7 +211,7 @@ impl Rules {
             .unwrap_or_else(|| page.final_url.clone());
         let items = self.items(&doc, &page_url, &base, page);
         let links = if page.depth < self.spider.spider.max_depth {
-            self.links(&doc, &base, &page_url)
+            self.links(&doc, &base, self.own_host(page, &page_url))
         } else {
             Vec::new()
         };
@@ -257,17 +258,27 @@ impl Rules {
         out
     }
 
-    fn links(&self, doc: &Html, base: &Url, page_url: &Url) -> Vec<Url> {
+    /// The host a page adds to the scope when `allowed_domains` is empty (`None`
+    /// otherwise): the host it was requested from, which was in scope or a seed's. A
+    /// redirect's target counts only within the same registrable domain (`a.test` to
+    /// `www.a.test`): one off-site redirect must not put a whole foreign site in scope.
+    fn own_host<'a>(&self, page: &'a Page, final_url: &'a Url) -> Option<&'a str> {
+        if !self.spider.spider.allowed_domains.is_empty() {
+            return None;
+        }
+        let requested = page.url.host_str()?;
+        match final_url.host_str() {
+            Some(landed) if landed.eq_ignore_ascii_case(requested) => Some(landed),
+            Some(landed) if registrable_domain(final_url) == registrable_domain(&page.url) => {
+                Some(landed)
+            }
+            _ => Some(requested),
+        }
+    }
+
+    fn links(&self, doc: &Html, base: &Url, page_host: Option<&str>) -> Vec<Url> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
-        // The page's host matters to scope only when allowed_domains is empty.
-        let page_host = self
-            .spider
-            .spider
-            .allowed_domains
-            .is_empty()
-            .then(|| page_url.host_str())
-            .flatten();
         for el in doc.select(&self.links) {
             let Some(href) = el.value().attr("href") else {
                 continue;
@@ -277,7 +288,7 @@ impl Rules {
             let verdict = match key.and_then(|k| self.memo.get(k)) {
                 Some(verdict) => verdict,
                 None => {
-                    let verdict = self.follow(href, Some(base), page_url);
+                    let verdict = self.follow(href, Some(base), page_host);
                     if let Some(k) = key {
                         self.memo.put(k, verdict.clone());
                     }
@@ -293,8 +304,9 @@ impl Rules {
         out
     }
 
-    /// Canonicalize a link and apply scope and follow rules; `None` if not to be followed.
-    pub fn follow(&self, href: &str, base: Option<&Url>, page_url: &Url) -> Option<Url> {
+    /// Canonicalize a link and apply scope and follow rules; `None` if not to be
+    /// followed. `page_host`: the host its page adds to the scope, if any.
+    pub fn follow(&self, href: &str, base: Option<&Url>, page_host: Option<&str>) -> Option<Url> {
         if href.len() > MAX_URL_LEN {
             return None;
         }
@@ -305,8 +317,7 @@ impl Rules {
         let host = url.host_str()?;
         // With no allowed_domains, the seeds' hosts are the scope: a page was fetched
         // only if in scope, so its own host counts too.
-        let in_scope = host_in_scope(host, &self.scope)
-            || (self.spider.spider.allowed_domains.is_empty() && Some(host) == page_url.host_str());
+        let in_scope = host_in_scope(host, &self.scope) || Some(host) == page_host;
         if !in_scope {
             return None;
         }

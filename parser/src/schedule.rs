@@ -186,42 +186,126 @@ impl Dedup {
     }
 }
 
+/// How far one [`Scheduler::emit`] got, so that its retry does not redo what went
+/// through: once every publish is acknowledged, only the dupefilter add is left.
+#[derive(Debug, Default)]
+pub struct EmitProgress {
+    sent: std::sync::Mutex<Option<Vec<Planned>>>,
+}
+
 impl Scheduler {
-    /// Check, publish, await acks, add. Returns how many requests were new.
-    pub async fn emit(&self, emit: &Emit) -> Result<usize, ParseError> {
+    /// Check, publish, await acks, add. Returns how many requests were new. `source`
+    /// (the input's stream sequence) names the dead letters of what cannot be sent.
+    pub async fn emit(
+        &self,
+        emit: &Emit,
+        source: u64,
+        progress: &EmitProgress,
+    ) -> Result<usize, ParseError> {
         let dedup = Dedup {
             dupefilter: self.dupefilter.clone(),
             metrics: self.metrics.clone(),
             max_depth: self.planner.max_depth,
         };
-        let mut fresh = dedup.fresh(&emit.requests).await?;
-        fresh.extend(emit.forced.iter().cloned());
-
-        // Send everything first, then await the acks together: one round trip of
-        // latency per page, not one per message.
-        let mut pending = Vec::with_capacity(fresh.len() + emit.items.len());
-        for p in &fresh {
-            let payload = serde_json::to_vec(&p.request).unwrap_or_default();
-            let publish = Publish::build()
-                .payload(Bytes::from(payload))
-                .message_id(p.msg_id.as_str());
-            pending.push(self.send(p.subject.clone(), publish).await?);
-        }
-        let items_subject = self.names.items_subject();
-        for item in &emit.items {
-            let payload = serde_json::to_vec(item).unwrap_or_default();
-            let publish = Publish::build()
-                .payload(Bytes::from(payload))
-                .message_id(item_msg_id(item));
-            pending.push(self.send(items_subject.clone(), publish).await?);
-        }
-        try_join_all(pending).await?;
-
+        let sent = progress.sent.lock().map(|s| s.clone()).unwrap_or_default();
+        let fresh = match sent {
+            Some(fresh) => fresh,
+            None => {
+                let mut fresh = dedup.fresh(&emit.requests).await?;
+                fresh.extend(emit.forced.iter().cloned());
+                self.publish(&fresh, &emit.items, source).await?;
+                jetcrawl_shared::failpoint::hit("parser.after-publish");
+                if let Ok(mut sent) = progress.sent.lock() {
+                    *sent = Some(fresh.clone());
+                }
+                fresh
+            }
+        };
         dedup
             .mark_sent(&fresh, &emit.also_seen, emit.requests.len())
             .await?;
         self.metrics.items_extracted.inc_by(emit.items.len() as u64);
         Ok(fresh.len())
+    }
+
+    /// Send every request and item, then await the acks together: one round trip of
+    /// latency per page, not one per message. What can never fit in a message (the
+    /// server's `max_payload`) goes to DEAD instead, with the reason.
+    async fn publish(
+        &self,
+        requests: &[Planned],
+        items: &[Item],
+        source: u64,
+    ) -> Result<(), ParseError> {
+        let limit = self
+            .js
+            .client()
+            .server_info()
+            .max_payload
+            .saturating_sub(MESSAGE_HEADER_ROOM);
+        let items_subject = self.names.items_subject();
+        let outgoing = requests
+            .iter()
+            .map(|p| {
+                (
+                    p.subject.clone(),
+                    p.msg_id.clone(),
+                    serde_json::to_vec(&p.request),
+                )
+            })
+            .chain(items.iter().map(|item| {
+                (
+                    items_subject.clone(),
+                    item_msg_id(item),
+                    serde_json::to_vec(item),
+                )
+            }));
+        let mut pending = Vec::with_capacity(requests.len() + items.len());
+        for (subject, id, payload) in outgoing {
+            let payload = Bytes::from(payload.unwrap_or_default());
+            if payload.len() > limit {
+                self.dead_letter_oversized(&subject, &id, payload, limit, source)
+                    .await?;
+                continue;
+            }
+            let publish = Publish::build().payload(payload).message_id(id.as_str());
+            pending.push(self.send(subject, publish).await?);
+        }
+        try_join_all(pending).await?;
+        Ok(())
+    }
+
+    async fn dead_letter_oversized(
+        &self,
+        subject: &str,
+        id: &str,
+        payload: Bytes,
+        limit: usize,
+        source: u64,
+    ) -> Result<(), ParseError> {
+        let reason = format!(
+            "{} bytes for {subject} is more than a message may carry ({limit} bytes: the \
+             server's max_payload less room for headers)",
+            payload.len()
+        );
+        tracing::warn!(id, reason, "too large to publish; dead-lettering it");
+        let dead_id = format!("oversized-{source}-{id}");
+        jetcrawl_shared::topology::dead_letter(
+            &self.js,
+            &self.names,
+            "parser",
+            None,
+            payload,
+            &reason,
+            Some(&dead_id),
+        )
+        .await?;
+        self.metrics.oversized.inc();
+        self.metrics
+            .dead_letters
+            .get_or_create(&jetcrawl_shared::consume::stage_label("parser"))
+            .inc();
+        Ok(())
     }
 
     async fn send(
@@ -233,16 +317,24 @@ impl Scheduler {
             .js
             .send_publish(subject.clone(), publish)
             .await
-            .map_err(|e| ParseError::Publish {
-                subject: subject.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(|e| publish_error(&subject, e))?;
         Ok(async move {
-            ack.await.map(|_| ()).map_err(|e| ParseError::Publish {
-                subject,
-                message: e.to_string(),
-            })
+            ack.await
+                .map(|_| ())
+                .map_err(|e| publish_error(&subject, e))
         })
+    }
+}
+
+/// Room a published message keeps for its headers (the message id) beside the payload.
+const MESSAGE_HEADER_ROOM: usize = 1024;
+
+fn publish_error(subject: &str, e: async_nats::jetstream::context::PublishError) -> ParseError {
+    use async_nats::jetstream::context::PublishErrorKind;
+    ParseError::Publish {
+        subject: subject.to_string(),
+        retryable: e.kind() != PublishErrorKind::MaxPayloadExceeded,
+        message: e.to_string(),
     }
 }
 

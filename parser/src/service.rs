@@ -3,13 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use jetcrawl_shared::canon::fp_hex;
-use jetcrawl_shared::consume::{self, ack, give_up, retry_in_place, ConsumeOptions};
+use jetcrawl_shared::consume::{self, retry_in_place, ConsumeOptions, Disposition};
 use jetcrawl_shared::dupefilter::Dupefilter;
 use jetcrawl_shared::message::{parse_seeds, Page, SeedLine};
 use jetcrawl_shared::telemetry::Metrics;
@@ -18,7 +18,7 @@ use jetcrawl_shared::CompiledSpider;
 
 use crate::error::ParseError;
 use crate::extract::Rules;
-use crate::schedule::{Emit, Planner, Scheduler};
+use crate::schedule::{Emit, EmitProgress, Planner, Scheduler};
 
 /// Everything a parser process needs.
 pub struct ParserConfig {
@@ -40,8 +40,8 @@ struct Ctx {
     js: jetstream::Context,
     names: Names,
     metrics: Metrics,
-    /// How often long work tells the server it is still in progress.
-    progress_every: Duration,
+    /// `[follow] max_links_per_page`.
+    max_links_per_page: usize,
     /// Stops retries in place at shutdown.
     shutdown: CancellationToken,
 }
@@ -67,7 +67,7 @@ impl Ctx {
             js,
             names,
             metrics: cfg.metrics.clone(),
-            progress_every: cfg.spider.spider.streams.ack_wait() / 3,
+            max_links_per_page: cfg.spider.spider.follow.max_links_per_page,
             shutdown: shutdown.clone(),
         }))
     }
@@ -176,35 +176,31 @@ async fn watch_caught_up(
     }
 }
 
-async fn handle_page(ctx: Arc<Ctx>, msg: jetstream::Message) {
+async fn handle_page(ctx: Arc<Ctx>, msg: jetstream::Message) -> Disposition {
     let page = match Page::from_message(msg.headers.as_ref(), msg.payload.clone()) {
         Ok(page) => page,
-        Err(e) => {
-            give_up(
-                &ctx.js,
-                &ctx.names,
-                "parser",
-                &msg,
-                &e.to_string(),
-                &ctx.metrics,
-            )
-            .await;
-            return;
-        }
+        Err(e) => return Disposition::Dead(e.to_string()),
     };
     let span = tracing::info_span!("page", url = %page.url, status = ?page.status);
     async {
         let depth = page.depth;
         let redirect_target = ctx.rules.redirect_target(&page);
         // Parsing is CPU work: keep it off the async workers.
-        let extracted = match ctx.rules.parse_off_runtime(page).await {
+        let mut extracted = match ctx.rules.parse_off_runtime(page).await {
             Ok(x) => x,
-            Err(e) => {
-                let reason = format!("parser failed on this page: {e}");
-                give_up(&ctx.js, &ctx.names, "parser", &msg, &reason, &ctx.metrics).await;
-                return;
-            }
+            Err(e) => return Disposition::Dead(format!("parser failed on this page: {e}")),
         };
+        let cap = ctx.max_links_per_page;
+        if extracted.links.len() > cap {
+            let capped = extracted.links.len() - cap;
+            tracing::warn!(
+                links = extracted.links.len(),
+                followed = cap,
+                "page has more links than [follow] max_links_per_page"
+            );
+            ctx.metrics.links_capped.inc_by(capped as u64);
+            extracted.links.truncate(cap);
+        }
         let emit = Emit {
             requests: ctx
                 .scheduler
@@ -215,36 +211,38 @@ async fn handle_page(ctx: Arc<Ctx>, msg: jetstream::Message) {
             items: extracted.items,
             also_seen: redirect_target.map(|fp| (fp, depth)).into_iter().collect(),
         };
-        match emit_holding(&ctx, &msg, &emit).await {
+        let source = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        match emit_holding(&ctx, &emit, source).await {
             Some(Ok(new)) => {
+                jetcrawl_shared::failpoint::hit("parser.after-add");
                 ctx.metrics.pages_parsed.inc();
                 tracing::debug!(new_links = new, "page parsed");
-                ack(&msg, AckKind::Ack).await;
+                Disposition::Ack
             }
-            Some(Err(e)) => give_up_parser(&ctx, &msg, e).await,
-            None => ack(&msg, AckKind::Nak(None)).await,
+            Some(Err(e)) => Disposition::Dead(e.to_string()),
+            None => Disposition::Retry(None),
         }
     }
     .instrument(span)
     .await
 }
 
-async fn handle_seeds(ctx: Arc<Ctx>, msg: jetstream::Message) {
+async fn handle_seeds(ctx: Arc<Ctx>, msg: jetstream::Message) -> Disposition {
     let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
     let mut emit = Emit::default();
     let mut rejected = Vec::new();
-    for line in parse_seeds(&msg.payload) {
+    for (n, line) in parse_seeds(&msg.payload).into_iter().enumerate() {
         let seed = match line {
             SeedLine::Seed(seed) => seed,
             SeedLine::Invalid { line, reason } => {
-                rejected.push((line, reason));
+                rejected.push((n, line, reason));
                 continue;
             }
         };
         let url = match ctx.rules.seed(&seed.url) {
             Ok(url) => url,
             Err(e) => {
-                rejected.push((seed.url, e.to_string()));
+                rejected.push((n, seed.url, e.to_string()));
                 continue;
             }
         };
@@ -266,8 +264,11 @@ async fn handle_seeds(ctx: Arc<Ctx>, msg: jetstream::Message) {
             emit.requests.extend(planned);
         }
     }
-    for (line, reason) in &rejected {
+    for (n, line, reason) in &rejected {
         tracing::warn!(line = %line, reason = %reason, "seed rejected");
+        // The id is the line's place in the stream: a redelivered seed message
+        // dead-letters each of its bad lines once.
+        let id = format!("seeds-{seq}-{n}");
         if let Err(e) = topology::dead_letter(
             &ctx.js,
             &ctx.names,
@@ -275,55 +276,36 @@ async fn handle_seeds(ctx: Arc<Ctx>, msg: jetstream::Message) {
             Some(&msg),
             Bytes::from(line.clone()),
             reason,
+            Some(&id),
         )
         .await
         {
             // Nothing published yet: let the stream hand the seeds out again later.
             tracing::warn!(error = %e, "dead letter not stored; seeds handed back");
-            ack(&msg, AckKind::Nak(Some(Duration::from_secs(5)))).await;
-            return;
+            return Disposition::Retry(Some(Duration::from_secs(5)));
         }
         ctx.metrics
             .dead_letters
             .get_or_create(&consume::stage_label("parser"))
             .inc();
     }
-    match emit_holding(&ctx, &msg, &emit).await {
+    match emit_holding(&ctx, &emit, seq).await {
         Some(Ok(new)) => {
             tracing::info!(new, rejected = rejected.len(), "seeds scheduled");
-            ack(&msg, AckKind::Ack).await;
+            Disposition::Ack
         }
-        Some(Err(e)) => give_up_parser(&ctx, &msg, e).await,
-        None => ack(&msg, AckKind::Nak(None)).await,
+        Some(Err(e)) => Disposition::Dead(e.to_string()),
+        None => Disposition::Retry(None),
     }
 }
 
-/// Emit, retrying in place while Redis or a stream is unavailable (publishing again
-/// is safe: message ids make the repeats duplicates). `None` at shutdown.
-async fn emit_holding(
-    ctx: &Ctx,
-    msg: &jetstream::Message,
-    emit: &Emit,
-) -> Option<Result<usize, ParseError>> {
-    retry_in_place(
-        msg,
-        ctx.progress_every,
-        &ctx.shutdown,
-        ParseError::is_retryable,
-        || ctx.scheduler.emit(emit),
-    )
+/// Emit, retrying in place while Redis or a stream is unavailable. What was published
+/// is not published again when only the dupefilter add failed: a repeat held past the
+/// duplicate window would be a second copy. `None` at shutdown.
+async fn emit_holding(ctx: &Ctx, emit: &Emit, source: u64) -> Option<Result<usize, ParseError>> {
+    let progress = EmitProgress::default();
+    retry_in_place(&ctx.shutdown, ParseError::is_retryable, || {
+        ctx.scheduler.emit(emit, source, &progress)
+    })
     .await
-}
-
-/// A failure that will not get better by waiting: dead-letter the input.
-async fn give_up_parser(ctx: &Ctx, msg: &jetstream::Message, e: ParseError) {
-    give_up(
-        &ctx.js,
-        &ctx.names,
-        "parser",
-        msg,
-        &e.to_string(),
-        &ctx.metrics,
-    )
-    .await;
 }

@@ -124,7 +124,7 @@ pub struct Http {
 }
 
 /// Which discovered links are followed.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Follow {
     /// Regexes on the canonical URL; a link must match one (empty = all in scope).
@@ -133,6 +133,21 @@ pub struct Follow {
     /// Regexes on the canonical URL; a link matching any is not followed.
     #[serde(default)]
     pub deny: Vec<String>,
+    /// Links followed from one page at most (in page order); the rest are counted
+    /// (`jetcrawl_links_capped_total`) and dropped. Bounds a link trap's page and the
+    /// dupefilter round trip it costs.
+    #[serde(default = "default_max_links_per_page")]
+    pub max_links_per_page: usize,
+}
+
+impl Default for Follow {
+    fn default() -> Self {
+        Follow {
+            allow: Vec::new(),
+            deny: Vec::new(),
+            max_links_per_page: default_max_links_per_page(),
+        }
+    }
 }
 
 /// JetStream stream sizes and retention.
@@ -159,6 +174,12 @@ pub struct Streams {
     /// Age after which items are dropped from the stream (never from the database).
     #[serde(default = "default_max_age_hours")]
     pub items_max_age_hours: u64,
+    /// Bytes of dead letters kept; when full, the oldest are dropped.
+    #[serde(default = "default_dead_max_bytes")]
+    pub dead_max_bytes: i64,
+    /// Age after which dead letters are dropped.
+    #[serde(default = "default_dead_max_age_hours")]
+    pub dead_max_age_hours: u64,
     /// How long the server remembers message ids for deduplication.
     #[serde(default = "default_duplicate_window_secs")]
     pub duplicate_window_secs: u64,
@@ -301,6 +322,15 @@ fn default_ack_wait_secs() -> u64 {
 fn default_max_age_hours() -> u64 {
     7 * 24
 }
+fn default_max_links_per_page() -> usize {
+    10_000
+}
+fn default_dead_max_bytes() -> i64 {
+    1 << 30
+}
+fn default_dead_max_age_hours() -> u64 {
+    30 * 24
+}
 fn default_duplicate_window_secs() -> u64 {
     300
 }
@@ -346,6 +376,8 @@ impl Default for Streams {
             pages_max_age_hours: default_max_age_hours(),
             items_max_bytes: default_unlimited(),
             items_max_age_hours: default_max_age_hours(),
+            dead_max_bytes: default_dead_max_bytes(),
+            dead_max_age_hours: default_dead_max_age_hours(),
             duplicate_window_secs: default_duplicate_window_secs(),
             ack_wait_secs: default_ack_wait_secs(),
         }
@@ -467,6 +499,27 @@ impl CompiledSpider {
         }
         if spider.streams.ack_wait_secs < 2 {
             return Err(invalid("ack_wait_secs", "expected at least 2".to_string()));
+        }
+        // A message redelivered after a crash is handled again up to `ack_wait` later,
+        // after waiting up to 30 s for its host and a fetch: its repeats (the same
+        // message ids) must still fall in the window that makes them duplicates.
+        let held = 2 * spider.streams.ack_wait_secs + spider.http.timeout_ms.div_ceil(1000) + 30;
+        if spider.streams.duplicate_window_secs < held {
+            return Err(invalid(
+                "duplicate_window_secs",
+                format!(
+                    "{} s is shorter than a message can be held and redone ({held} s: twice \
+                     ack_wait_secs, [http] timeout_ms and 30 s waiting for a host); \
+                     repeats after a crash would be published twice",
+                    spider.streams.duplicate_window_secs
+                ),
+            ));
+        }
+        if spider.follow.max_links_per_page == 0 {
+            return Err(invalid(
+                "max_links_per_page",
+                "expected at least 1".to_string(),
+            ));
         }
         if spider.sink.batch_size == 0 {
             return Err(invalid("batch_size", "expected at least 1".to_string()));

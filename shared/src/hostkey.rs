@@ -89,7 +89,7 @@ impl HostKeys {
 
 /// `a.b.example.co.uk` → `example.co.uk`; an IP address or a name without a known
 /// suffix is its own domain.
-fn registrable_domain(url: &Url) -> String {
+pub fn registrable_domain(url: &Url) -> String {
     match url.host() {
         Some(Host::Domain(d)) => psl::domain_str(d).unwrap_or(d).to_string(),
         Some(other) => other.to_string(),

@@ -7,7 +7,8 @@
 //! - `hostkey`: what one politeness budget covers (host, domain or address)
 //! - `dupefilter`: seen-fingerprint sets in Redis (compact buckets) or in memory
 //! - `topology`: subjects, streams, consumers, dead letters
-//! - `consume`: the pull loop every JetStream stage runs
+//! - `consume`: the pull loop every JetStream stage runs, and every message's disposition
+//! - `failpoint`: named crash points for the crash tests (off unless `JETCRAWL_FAIL_AT`)
 //! - `telemetry`: tracing, Prometheus metrics, health endpoints
 //! - `presence`: live instances and partition leases (a KV bucket per crawl)
 //! - `shutdown`: signals to a cancellation token
@@ -19,6 +20,7 @@ pub mod config;
 pub mod consume;
 pub mod dupefilter;
 pub mod error;
+pub mod failpoint;
 pub mod hostkey;
 pub mod message;
 pub mod presence;

@@ -43,6 +43,9 @@ pub mod header {
     pub const SOURCE_SUBJECT: &str = "Jetcrawl-Source-Subject";
     /// Dead letters: the stream sequence it had there.
     pub const SOURCE_SEQ: &str = "Jetcrawl-Source-Seq";
+    /// On a dead letter whose payload did not fit in a message: its size in bytes
+    /// (the dead letter keeps its start).
+    pub const ORIGINAL_BYTES: &str = "Jetcrawl-Original-Bytes";
 }
 
 /// A request in the frontier: JSON payload of `jetcrawl.<crawl>.frontier.<p>`.

@@ -64,6 +64,13 @@ pub struct Metrics {
     pub redeliveries: Family<Labels, Counter>,
     /// Messages dead-lettered, by stage.
     pub dead_letters: Family<Labels, Counter>,
+    /// Pull requests replaced because the server no longer served them (no heartbeat
+    /// for two intervals, or a reconnect), by stage.
+    pub pulls_renewed: Family<Labels, Counter>,
+    /// Links a page had beyond `[follow] max_links_per_page`, not followed.
+    pub links_capped: Counter,
+    /// Items or requests too large for the server's `max_payload`, dead-lettered.
+    pub oversized: Counter,
     /// Messages being handled now.
     pub in_flight: Gauge,
     /// Consumer lag: messages not yet delivered, by stage (from the server).
@@ -123,6 +130,9 @@ impl Metrics {
             batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             redeliveries: Family::default(),
             dead_letters: Family::default(),
+            pulls_renewed: Family::default(),
+            links_capped: Counter::default(),
+            oversized: Counter::default(),
             in_flight: Gauge::default(),
             consumer_pending: Family::default(),
             consumer_ack_pending: Family::default(),
@@ -200,6 +210,21 @@ impl Metrics {
             "dead_letters",
             "Dead-lettered messages, by stage",
             m.dead_letters.clone(),
+        );
+        r.register(
+            "pulls_renewed",
+            "Pull requests replaced after the server stopped serving them (missed heartbeats, reconnect), by stage",
+            m.pulls_renewed.clone(),
+        );
+        r.register(
+            "links_capped",
+            "Links not followed because a page had more than [follow] max_links_per_page",
+            m.links_capped.clone(),
+        );
+        r.register(
+            "oversized_messages",
+            "Items or requests larger than the server's max_payload, dead-lettered",
+            m.oversized.clone(),
         );
         r.register(
             "in_flight_messages",

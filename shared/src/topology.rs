@@ -126,7 +126,8 @@ pub async fn connect(
             .name(name)
             .connection_timeout(Duration::from_secs(5))
             .max_reconnects(None)
-            .request_timeout(Some(Duration::from_secs(10)));
+            .request_timeout(Some(Duration::from_secs(10)))
+            .event_callback(|event| async move { log_connection_event(&event) });
         match opts.connect(url).await {
             Ok(client) => return Ok(client),
             Err(e) => {
@@ -138,6 +139,22 @@ pub async fn connect(
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// Room a dead letter keeps for its headers (the original's, the reason) beside the
+/// payload.
+const DEAD_HEADER_ROOM: usize = 64 * 1024;
+
+/// What the client tells of its connection, in the service's log: a disconnect, a
+/// slow-consumer drop or a server error is exactly what explains a stage gone quiet.
+fn log_connection_event(event: &async_nats::Event) {
+    match event {
+        async_nats::Event::Connected => tracing::info!("nats connected"),
+        async_nats::Event::Draining | async_nats::Event::Closed => {
+            tracing::debug!(event = %event, "nats connection")
+        }
+        _ => tracing::warn!(event = %event, "nats connection"),
     }
 }
 
@@ -213,8 +230,10 @@ pub async fn ensure_streams(js: &jetstream::Context, spider: &Spider) -> Result<
             subjects: vec![format!("jetcrawl.{}.dead.>", spider.name)],
             retention: RetentionPolicy::Limits,
             discard: DiscardPolicy::Old,
-            max_age: hours(30 * 24),
+            max_bytes: s.dead_max_bytes,
+            max_age: hours(s.dead_max_age_hours),
             storage: StorageType::File,
+            duplicate_window: Duration::from_secs(s.duplicate_window_secs),
             ..Default::default()
         },
     ];
@@ -406,6 +425,7 @@ pub async fn dead_letter(
     source: Option<&jetstream::Message>,
     payload: bytes::Bytes,
     reason: &str,
+    id: Option<&str>,
 ) -> Result<(), Error> {
     use crate::message::{header, sanitize_header};
     // Keep the original headers (page metadata) but never its message id: a dead
@@ -431,6 +451,22 @@ pub async fn dead_letter(
                 info.stream_sequence.to_string().as_str(),
             );
         }
+    }
+    // Whatever it was, a dead letter must fit in a message: keep its start.
+    let room = js
+        .client()
+        .server_info()
+        .max_payload
+        .saturating_sub(DEAD_HEADER_ROOM)
+        .max(1024);
+    let payload = if payload.len() > room {
+        headers.insert(header::ORIGINAL_BYTES, payload.len().to_string().as_str());
+        payload.slice(..room)
+    } else {
+        payload
+    };
+    if let Some(id) = id {
+        headers.insert("Nats-Msg-Id", id);
     }
     js.publish_with_headers(names.dead_subject(stage), headers, payload)
         .await
