@@ -157,6 +157,20 @@ impl Service {
         self.wait_exit(Duration::from_secs(10)).await;
     }
 
+    /// Waits for a process the test made crash (a fail point): its exit is expected,
+    /// and must not have been a clean one.
+    pub async fn wait_crash(&mut self, timeout: Duration) -> ExitStatus {
+        self.state.stopping.store(true, Ordering::SeqCst);
+        let status = self.wait_exit(timeout).await;
+        assert!(
+            !status.success(),
+            "{} exited cleanly; it was to crash. Log tail:\n{}",
+            self.state.name,
+            super::servers::tail(&self.state.log, 40)
+        );
+        status
+    }
+
     /// SIGTERM (the graceful stop every service must honour).
     pub fn terminate(&self) {
         self.state.stopping.store(true, Ordering::SeqCst);
