@@ -26,10 +26,7 @@ async fn crash_and_restart(role: Role, point: &str, nth: u32) {
     })
     .await;
     let expected = h.site.expected_items();
-    let armed_env = [(
-        "JETCRAWL_FAIL_AT".to_string(),
-        format!("{point}:{nth}"),
-    )];
+    let armed_env = [("JETCRAWL_FAIL_AT".to_string(), format!("{point}:{nth}"))];
     let mut others = Vec::new();
     let mut armed = None;
     for r in [Role::Fetcher, Role::Parser, Role::Sink] {
@@ -99,7 +96,9 @@ async fn crash_and_restart(role: Role, point: &str, nth: u32) {
     for (url, &n) in &per_page {
         let scheduled = depths.get(url).map_or(1, |&d| d.max(1)) as u32;
         if n > scheduled {
-            problems.push(format!("{url}: {n} page records, scheduled at {scheduled} depth(s)"));
+            problems.push(format!(
+                "{url}: {n} page records, scheduled at {scheduled} depth(s)"
+            ));
         }
     }
     let fetch_lost = point.starts_with("fetcher.");
