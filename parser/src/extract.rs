@@ -105,8 +105,11 @@ struct CompiledField {
 pub struct Extracted {
     /// Items, one per matching rule.
     pub items: Vec<Item>,
-    /// In-scope, allowed, canonical links at `depth + 1`, each once.
+    /// In-scope, allowed, canonical links at `depth + 1`, each once, in page order:
+    /// at most `[follow] max_links_per_page`.
     pub links: Vec<Url>,
+    /// Links to follow the page had beyond `max_links_per_page`, dropped.
+    pub links_capped: usize,
 }
 
 impl Rules {
@@ -215,7 +218,15 @@ impl Rules {
         } else {
             Vec::new()
         };
-        Extracted { items, links }
+        let cap = self.spider.spider.follow.max_links_per_page;
+        let links_capped = links.len().saturating_sub(cap);
+        let mut links = links;
+        links.truncate(cap);
+        Extracted {
+            items,
+            links,
+            links_capped,
+        }
     }
 
     fn items(&self, doc: &Html, page_url: &Url, base: &Url, page: &Page) -> Vec<Item> {
@@ -457,6 +468,58 @@ missing = "span.nope"
             error_kind: None,
             body: Bytes::from(html.to_string()),
         }
+    }
+
+    fn rules_of(toml: &str) -> Rules {
+        Rules::new(&CompiledSpider::from_toml(toml, Path::new("t.toml")).unwrap()).unwrap()
+    }
+
+    fn link_strings(extracted: &Extracted) -> Vec<String> {
+        extracted.links.iter().map(|u| u.to_string()).collect()
+    }
+
+    #[test]
+    fn an_off_site_redirect_does_not_put_the_foreign_site_in_scope() {
+        // No allowed_domains: the seeds' hosts are the scope.
+        let rules = rules_of("name = \"t\"\nstart_urls = [\"http://a.test/\"]\n");
+        let html = r#"<a href="/next">rel</a><a href="http://other.test/more">abs</a>
+            <a href="http://a.test/back">back</a>"#;
+        let mut redirected = page("http://a.test/go", 0, html);
+        redirected.final_url = Url::parse("http://other.test/landing").unwrap();
+        assert_eq!(
+            link_strings(&rules.parse(&redirected)),
+            ["http://a.test/back"],
+            "links of the foreign site a page was redirected to are out of scope"
+        );
+        // Within one registrable domain a redirect's target is the page's own host.
+        let mut to_www = page("http://a.test/", 0, html);
+        to_www.final_url = Url::parse("http://www.a.test/").unwrap();
+        assert_eq!(
+            link_strings(&rules.parse(&to_www)),
+            ["http://www.a.test/next", "http://a.test/back"]
+        );
+        // A page fetched from a host given as a seed at run time keeps its own links.
+        let runtime_seed = page("http://c.test/", 0, r#"<a href="/x">x</a>"#);
+        assert_eq!(
+            link_strings(&rules.parse(&runtime_seed)),
+            ["http://c.test/x"]
+        );
+    }
+
+    #[test]
+    fn links_beyond_max_links_per_page_are_counted_and_dropped() {
+        let rules = rules_of(
+            "name = \"t\"\nstart_urls = [\"http://a.test/\"]\n[follow]\nmax_links_per_page = 2\n",
+        );
+        let html: String = (0..5)
+            .map(|i| format!(r#"<a href="/p{i}">{i}</a>"#))
+            .collect();
+        let extracted = rules.parse(&page("http://a.test/", 0, &html));
+        assert_eq!(
+            link_strings(&extracted),
+            ["http://a.test/p0", "http://a.test/p1"]
+        );
+        assert_eq!(extracted.links_capped, 3);
     }
 
     const PRODUCT: &str = r#"<html><head><title>x</title></head><body>

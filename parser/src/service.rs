@@ -40,8 +40,6 @@ struct Ctx {
     js: jetstream::Context,
     names: Names,
     metrics: Metrics,
-    /// `[follow] max_links_per_page`.
-    max_links_per_page: usize,
     /// Stops retries in place at shutdown.
     shutdown: CancellationToken,
 }
@@ -67,7 +65,6 @@ impl Ctx {
             js,
             names,
             metrics: cfg.metrics.clone(),
-            max_links_per_page: cfg.spider.spider.follow.max_links_per_page,
             shutdown: shutdown.clone(),
         }))
     }
@@ -186,20 +183,19 @@ async fn handle_page(ctx: Arc<Ctx>, msg: jetstream::Message) -> Disposition {
         let depth = page.depth;
         let redirect_target = ctx.rules.redirect_target(&page);
         // Parsing is CPU work: keep it off the async workers.
-        let mut extracted = match ctx.rules.parse_off_runtime(page).await {
+        let extracted = match ctx.rules.parse_off_runtime(page).await {
             Ok(x) => x,
             Err(e) => return Disposition::Dead(format!("parser failed on this page: {e}")),
         };
-        let cap = ctx.max_links_per_page;
-        if extracted.links.len() > cap {
-            let capped = extracted.links.len() - cap;
+        if extracted.links_capped > 0 {
             tracing::warn!(
-                links = extracted.links.len(),
-                followed = cap,
+                followed = extracted.links.len(),
+                dropped = extracted.links_capped,
                 "page has more links than [follow] max_links_per_page"
             );
-            ctx.metrics.links_capped.inc_by(capped as u64);
-            extracted.links.truncate(cap);
+            ctx.metrics
+                .links_capped
+                .inc_by(extracted.links_capped as u64);
         }
         let emit = Emit {
             requests: ctx

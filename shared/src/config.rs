@@ -671,6 +671,27 @@ tags  = { css = "ul.breadcrumb li a", all = true }
     }
 
     #[test]
+    fn a_duplicate_window_shorter_than_a_message_can_be_held_is_refused() {
+        let base = "name = \"t\"\nstart_urls = [\"http://a.test/\"]\n";
+        // Held and redone: 2 × ack_wait (60) + [http] timeout (30) + 30 = 120 s.
+        let err = load(&format!("{base}[streams]\nduplicate_window_secs = 119\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("duplicate_window_secs") && err.contains("120 s"),
+            "{err}"
+        );
+        assert!(load(&format!("{base}[streams]\nduplicate_window_secs = 120\n")).is_ok());
+        // A longer ack_wait needs a longer window.
+        let err = load(&format!(
+            "{base}[streams]\nack_wait_secs = 200\nduplicate_window_secs = 300\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("460 s"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_names_key_file_and_line() {
         let text = EXAMPLE.replace("delay_ms = 250", "delay_msec = 250");
         let err = load(&text).unwrap_err().to_string();

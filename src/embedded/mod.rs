@@ -298,6 +298,7 @@ async fn parse_pages(mut stage: ParseStage) {
             drop(permit);
             metrics.pages_parsed.inc();
             metrics.items_extracted.inc_by(extracted.items.len() as u64);
+            metrics.links_capped.inc_by(extracted.links_capped as u64);
             for item in extracted.items {
                 if items.send(item).await.is_err() {
                     break; // the sink failed; the crawl is stopping
