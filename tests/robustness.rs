@@ -751,3 +751,110 @@ async fn busy_host_hands_requests_back_without_losing_any() {
     );
     assert_running_then_stop(&h, &mut services).await;
 }
+
+/// An item larger than the NATS server's `max_payload` (1 MB, the default) can never
+/// be published: it goes to DEAD with the reason (its start kept), and the page is
+/// acked with everything else it yields. The parser does not hold the page forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_too_large_for_nats_is_dead_lettered_and_the_page_acked() {
+    // Twice the page's ~1 MB of text in one item.
+    let big_rule = r#"
+[[items]]
+type = "big"
+match = '/hostile/item/euro'
+[items.fields]
+text = "p"
+again = "p"
+"#;
+    let h = Harness::start_with(
+        HarnessOptions::default(),
+        SpiderExtras {
+            http: String::new(),
+            tables: format!("{}{big_rule}", hostile::ITEM_RULE),
+        },
+    )
+    .await;
+    let mut services = spawn_pipeline(&h);
+    h.wait_topology(STARTUP).await;
+    let url = h.site.url(hostile::EURO);
+    h.seed(&[&url]).await;
+    wait_idle_healthy(&h, CRAWL, "seeding").await;
+
+    // The page's other item is stored; the big one is not.
+    h.assert_items(&[hostile::item(
+        &h.site.base_url(),
+        hostile::EURO,
+        "Euro prices",
+    )])
+    .await;
+    let js = jetstream::connect(&h.nats.url()).await;
+    let dead = jetstream::dead_letters(&js, &h.crawl).await;
+    assert_eq!(
+        dead.len(),
+        1,
+        "one dead letter, the big item: {:#?}",
+        dead.iter()
+            .map(|d| (&d.subject, d.header("Jetcrawl-Error")))
+            .collect::<Vec<_>>()
+    );
+    let letter = &dead[0];
+    let error = letter.header("Jetcrawl-Error").unwrap_or_default();
+    assert!(
+        error.contains("max_payload") && error.contains(".items"),
+        "the reason names the limit and where it was going: {error}"
+    );
+    let original: usize = letter
+        .header("Jetcrawl-Original-Bytes")
+        .and_then(|n| n.parse().ok())
+        .expect("the dead letter says how large the item was");
+    assert!(original > 1024 * 1024, "{original} bytes");
+    assert!(
+        letter.payload.starts_with('{') && letter.payload.contains("\"item_type\":\"big\""),
+        "the dead letter keeps the item's start: {:?}",
+        &letter.payload[..letter.payload.len().min(200)]
+    );
+    assert_running_then_stop(&h, &mut services).await;
+}
+
+/// A database that needs longer for a batch than the sink's first time limit (10 s
+/// here) gets a longer one on the next try, and the crawl completes: a fixed limit
+/// would abort the same batch forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_slower_than_the_batch_time_limit_still_gets_the_items() {
+    let h = Harness::start(HarnessOptions::default()).await;
+    let mut sink = h.spawn(Role::Sink);
+    h.wait_until(STARTUP, "the items table exists", || h.db.table_exists())
+        .await;
+    // Until one insert has committed, each takes 11 s (a try cut short rolls back
+    // its mark, so the next try is as slow).
+    h.db.execute(
+        "CREATE TABLE slow_once (done int);
+         CREATE FUNCTION slow_first() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NOT EXISTS (SELECT 1 FROM slow_once) THEN
+                 PERFORM pg_sleep(11);
+                 INSERT INTO slow_once VALUES (1);
+             END IF;
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER slow_first BEFORE INSERT ON jetcrawl_items
+             FOR EACH STATEMENT EXECUTE FUNCTION slow_first();",
+    )
+    .await;
+    let mut fetcher = h.spawn(Role::Fetcher);
+    let mut parser = h.spawn(Role::Parser);
+    h.wait_topology(STARTUP).await;
+    h.seed(&[&h.site.start_url()]).await;
+    wait_idle_healthy(&h, CRAWL, "seeding").await;
+    h.assert_items(&h.site.expected_items()).await;
+    let js = jetstream::connect(&h.nats.url()).await;
+    assert!(jetstream::dead_letters(&js, &h.crawl).await.is_empty());
+    let log = std::fs::read_to_string(&sink.state().log).unwrap_or_default();
+    assert!(
+        log.contains("no answer within 10s"),
+        "the first try was to run out of time:\n{}",
+        common::servers::tail(&sink.state().log, 20)
+    );
+    h.stop_all(&mut [&mut fetcher, &mut parser, &mut sink])
+        .await;
+}

@@ -95,6 +95,14 @@ impl TestDb {
         format!("{scheme}://{userinfo}{hostport}/{}{query}", self.name)
     }
 
+    /// Runs SQL on the test database (a trigger a test installs, say).
+    pub async fn execute(&self, sql: &str) {
+        sqlx::raw_sql(sql)
+            .execute(&self.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
     /// Whether the sink has created `jetcrawl_items` yet.
     pub async fn table_exists(&self) -> bool {
         sqlx::query_scalar::<_, bool>("SELECT to_regclass('jetcrawl_items') IS NOT NULL")
