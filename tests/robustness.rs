@@ -167,7 +167,15 @@ fn poison_messages(h: &Harness) -> Vec<Poison> {
         "data": { "title": "an id too long to index" },
         "fetched_at": "2026-01-01T00:00:00Z",
     });
+    let seeds = format!("jetcrawl.{crawl}.seeds");
     vec![
+        Poison {
+            stage: "parser",
+            subject: seeds,
+            headers: None,
+            payload: "not a url, just words".into(),
+            what: "seed line that is not a URL",
+        },
         Poison {
             stage: "fetcher",
             subject: frontier.clone(),
@@ -323,6 +331,10 @@ async fn poison_messages_are_dead_lettered_and_crawl_continues() {
                 let reason = letter.header("Jetcrawl-Error").unwrap_or_default();
                 if reason.trim().is_empty() {
                     problems.push(format!("{}: dead letter without a Jetcrawl-Error", p.what));
+                }
+                // A redelivered poison message must not be dead-lettered twice.
+                if letter.header("Nats-Msg-Id").is_none_or(str::is_empty) {
+                    problems.push(format!("{}: dead letter without a message id", p.what));
                 }
             }
             many => problems.push(format!("{}: dead-lettered {} times", p.what, many.len())),
