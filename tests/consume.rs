@@ -317,3 +317,78 @@ async fn a_stop_hands_back_what_it_holds() {
         );
     }
 }
+
+/// Handlers that hand their messages back the moment the stop comes (as a fetcher does
+/// when its partition is taken away), while the loop still has pull requests waiting
+/// on the server: each message comes back to the next consumer on its second
+/// delivery, not bounced between the server and the stopping loop until it looks like
+/// poison.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_handed_back_at_a_stop_do_not_bounce_back_to_it() {
+    let s = setup(30).await;
+    s.publish(&["a", "b", "c"]).await;
+    let taken: Seen = Arc::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let (handler_taken, handler_stop) = (taken.clone(), stop.clone());
+    // Room for 8: after taking 3, requests for 5 more wait on the server.
+    let run = tokio::spawn(consume::consume(
+        s.js.clone(),
+        s.spider.clone(),
+        s.options(8),
+        Metrics::new(),
+        stop.clone(),
+        move |msg| {
+            record(&handler_taken, &msg);
+            let stop = handler_stop.clone();
+            async move {
+                stop.cancelled().await;
+                Disposition::Retry(None)
+            }
+        },
+    ));
+    wait_for("three taken", Duration::from_secs(10), || {
+        taken.lock().unwrap().len() == 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    run.await.expect("consume ends");
+    let bounced: Vec<_> = taken
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, d)| d.len() > 1)
+        .map(|(p, d)| (p.clone(), d.len()))
+        .collect();
+    assert!(
+        bounced.is_empty(),
+        "handed back to the stopping loop itself: {bounced:?}"
+    );
+
+    let seen: Seen = Arc::default();
+    let handler_seen = seen.clone();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(consume::consume(
+        s.js.clone(),
+        s.spider.clone(),
+        s.options(8),
+        Metrics::new(),
+        stop.clone(),
+        move |msg| {
+            record(&handler_seen, &msg);
+            async { Disposition::Ack }
+        },
+    ));
+    wait_for("all three handled", Duration::from_secs(10), || {
+        seen.lock().unwrap().len() == 3
+    })
+    .await;
+    stop.cancel();
+    run.await.expect("consume ends");
+    for (p, deliveries) in seen.lock().unwrap().iter() {
+        assert_eq!(
+            deliveries[0].0, 2,
+            "{p}: handed back once, it is on its second delivery"
+        );
+    }
+}

@@ -683,23 +683,20 @@ impl Pull {
         }
     }
 
-    /// Stop: hand back what the server still delivers for the outstanding requests,
-    /// then unsubscribe (the server drops requests whose inbox has no interest).
+    /// Stop: unsubscribe, then hand back what had already arrived. Interest goes
+    /// first: with the inbox gone the server drops this loop's waiting pull requests,
+    /// so a message handed back is not delivered straight back to one of them (a nak
+    /// while they wait bounces the message between the server and this loop, one
+    /// delivery each time, until it looks like poison).
     async fn close(mut self, settler: &Settler) {
-        let until = Instant::now() + Duration::from_secs(1);
-        while self.outstanding > 0 {
-            let quiet = tokio::time::sleep(Duration::from_millis(200));
-            let next = tokio::select! {
-                n = self.sub.next() => n,
-                _ = quiet => None,
-                _ = tokio::time::sleep_until(until) => None,
-            };
-            let Some(message) = next else { break };
+        let _ = self.sub.unsubscribe().await;
+        loop {
+            let next = tokio::time::timeout(Duration::from_millis(200), self.sub.next()).await;
+            let Ok(Some(message)) = next else { break };
             if let Received::Message(msg) = self.receive(message, settler.stage) {
                 ack(&msg, AckKind::Nak(None)).await;
             }
         }
-        let _ = self.sub.unsubscribe().await;
     }
 }
 
