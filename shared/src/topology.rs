@@ -232,10 +232,13 @@ async fn apply_stream(js: &jetstream::Context, config: stream::Config) -> Result
             delay = (delay * 2).min(Duration::from_secs(5));
             continue;
         }
-        if replicas > 1 && [&create, &update].into_iter().any(refuses_replicas) {
+        let refusal = [(&create, &create_err), (&update, &update_err)]
+            .into_iter()
+            .find(|(kind, _)| refuses_replicas(kind));
+        if let Some((_, why)) = refusal.filter(|_| replicas > 1) {
             return Err(Error::Topology(format!(
                 "[streams] replicas = {replicas}: the NATS server cannot keep {replicas} replicas of \
-                 {name} ({update_err}). More than one replica needs a NATS cluster with at least \
+                 {name} ({why}). More than one replica needs a NATS cluster with at least \
                  {replicas} JetStream servers up; on a single server, set replicas = 1"
             )));
         }
