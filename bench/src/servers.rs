@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+/// Three (or more) nodes with routes between them: see [`crate::cluster`].
+pub use crate::cluster::NatsCluster;
+
 /// How long a server gets to start answering.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -23,7 +26,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Opens `path` for appending, for a child's stdout and stderr.
-fn log_stdio(path: &Path) -> (Stdio, Stdio) {
+pub(crate) fn log_stdio(path: &Path) -> (Stdio, Stdio) {
     let file = OpenOptions::new()
         .create(true)
         .append(true)
@@ -45,7 +48,7 @@ pub fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn kill_and_reap(child: &mut Child) {
+pub(crate) fn kill_and_reap(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -168,6 +171,15 @@ pub fn nats_server_bin() -> &'static Path {
 
 // ------------------------------------------------------------------------------------
 // NATS
+
+/// A client of `url`: one server, or a cluster's servers comma-separated, as the
+/// services take `NATS_URL` (the client fails over between them).
+pub async fn nats_client(url: &str) -> Result<async_nats::Client, String> {
+    let url = jetcrawl_shared::nats::NatsUrl::parse(url).map_err(|e| e.to_string())?;
+    jetcrawl_shared::nats::try_connect(&url, "jetcrawl-test")
+        .await
+        .map_err(|e| e.to_string())
+}
 
 /// A nats-server with JetStream, on a free loopback port, storing in a temp dir.
 pub struct NatsServer {
