@@ -6,13 +6,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use tempfile::TempDir;
 
-use crate::servers::{free_port, kill_and_reap, log_stdio, nats_client, nats_server_bin, tail};
+use crate::servers::{free_port, kill_and_reap, nats_client, spawn_nats_server, tail};
 
 /// How long the cluster (or a restarted node) gets to elect and catch up.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -62,16 +62,7 @@ impl Node {
         );
         let conf = self.dir.path().join("nats.conf");
         std::fs::write(&conf, text).map_err(|e| format!("write {}: {e}", conf.display()))?;
-        let (out, err) = log_stdio(&self.log_path());
-        let child = Command::new(nats_server_bin())
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", nats_server_bin().display()))?;
-        self.child = Some(child);
+        self.child = Some(spawn_nats_server(&conf, &self.log_path())?);
         Ok(())
     }
 

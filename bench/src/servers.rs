@@ -26,7 +26,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Opens `path` for appending, for a child's stdout and stderr.
-pub(crate) fn log_stdio(path: &Path) -> (Stdio, Stdio) {
+fn log_stdio(path: &Path) -> (Stdio, Stdio) {
     let file = OpenOptions::new()
         .create(true)
         .append(true)
@@ -123,6 +123,19 @@ fn nats_candidates() -> Vec<PathBuf> {
         out.push(PathBuf::from(home).join(".local/bin/nats-server"));
     }
     out
+}
+
+/// Starts [`nats_server_bin`] on config file `conf`, its output appended to `log`.
+pub(crate) fn spawn_nats_server(conf: &Path, log: &Path) -> Result<Child, String> {
+    let (out, err) = log_stdio(log);
+    Command::new(nats_server_bin())
+        .arg("-c")
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("spawn {}: {e}", nats_server_bin().display()))
 }
 
 /// The newest nats-server >= 2.10 on this machine, or `$NATS_SERVER_BIN`.
@@ -257,16 +270,7 @@ impl NatsServer {
     async fn spawn_and_wait(&mut self) -> Result<(), String> {
         let conf = self.write_config();
         let log = self.log_path();
-        let (out, err) = log_stdio(&log);
-        let child = Command::new(nats_server_bin())
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", nats_server_bin().display()))?;
-        self.child = Some(child);
+        self.child = Some(spawn_nats_server(&conf, &log)?);
         let started = Instant::now();
         loop {
             if let Some(child) = self.child.as_mut() {
