@@ -41,30 +41,19 @@ fn bucket_stream(crawl: &str) -> String {
     format!("KV_{}", jetcrawl_shared::presence::bucket_name(crawl))
 }
 
-/// (configured replicas, peers besides the leader) of a stream.
-async fn stream_replicas(js: &Context, stream: &str) -> (usize, usize) {
-    let mut s = js
-        .get_stream(stream)
-        .await
-        .unwrap_or_else(|e| panic!("stream {stream}: {e}"));
-    let info = s
-        .info()
-        .await
-        .unwrap_or_else(|e| panic!("stream {stream} info: {e}"));
+/// (configured replicas, peers besides the leader) of a stream; None while the
+/// cluster does not answer (a group being resized elects a leader).
+async fn stream_replicas(js: &Context, stream: &str) -> Option<(usize, usize)> {
+    let info = js.get_stream(stream).await.ok()?.info().await.ok()?.clone();
     let followers = info.cluster.as_ref().map_or(0, |c| c.replicas.len());
-    (info.config.num_replicas, followers)
+    Some((info.config.num_replicas, followers))
 }
 
-/// Peers besides the leader of a durable consumer.
-async fn consumer_followers(js: &Context, stream: &str, consumer: &str) -> usize {
-    let info = js
-        .get_stream(stream)
-        .await
-        .unwrap_or_else(|e| panic!("stream {stream}: {e}"))
-        .consumer_info(consumer)
-        .await
-        .unwrap_or_else(|e| panic!("consumer {stream}/{consumer}: {e}"));
-    info.cluster.as_ref().map_or(0, |c| c.replicas.len())
+/// Peers besides the leader of a durable consumer; None while it does not answer.
+async fn consumer_followers(js: &Context, stream: &str, consumer: &str) -> Option<usize> {
+    let stream = js.get_stream(stream).await.ok()?;
+    let info = stream.consumer_info(consumer).await.ok()?;
+    Some(info.cluster.as_ref().map_or(0, |c| c.replicas.len()))
 }
 
 /// Asserts every stream, the bucket and the durable consumers keep `n` replicas
@@ -76,7 +65,7 @@ async fn assert_replicas(h: &Harness<NatsCluster>, n: usize) {
     for stream in &streams {
         let stream = stream.as_str();
         h.wait_until(STEP, &format!("{stream} has {n} replicas"), || async move {
-            stream_replicas(js, stream).await == (n, n - 1)
+            stream_replicas(js, stream).await == Some((n, n - 1))
         })
         .await;
     }
@@ -90,7 +79,7 @@ async fn assert_replicas(h: &Harness<NatsCluster>, n: usize) {
         h.wait_until(
             STEP,
             &format!("consumer {stream}/{consumer} has {n} replicas"),
-            || async move { consumer_followers(js, stream, consumer).await == n - 1 },
+            || async move { consumer_followers(js, stream, consumer).await == Some(n - 1) },
         )
         .await;
     }
@@ -104,7 +93,10 @@ async fn replicas_3_spider_keeps_3_replicas_of_everything() {
     h.write_spider(&spider_with_replicas(&h, 0, 1));
     h.run_command("init", &[]).await;
     let frontier = stream_name(&h.crawl, "FRONTIER");
-    assert_eq!(stream_replicas(h.nats.jetstream(), &frontier).await, (1, 0));
+    assert_eq!(
+        stream_replicas(h.nats.jetstream(), &frontier).await,
+        Some((1, 0))
+    );
 
     h.write_spider(&spider_with_replicas(&h, 0, 3));
     h.run_command("init", &[]).await;

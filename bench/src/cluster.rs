@@ -16,13 +16,14 @@ use crate::servers::{free_port, kill_and_reap, nats_client, spawn_nats_server, t
 
 /// How long the cluster (or a restarted node) gets to elect and catch up.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// The cluster's name in every node's `cluster {}` block.
-const CLUSTER_NAME: &str = "jetcrawl-test";
 
 /// One member of a [`NatsCluster`].
 struct Node {
     /// `n<i>`: the server name JetStream reports leaders by.
     name: String,
+    /// The cluster's name, unique per cluster: nodes of two test clusters that met
+    /// through a reused port would refuse each other's routes.
+    cluster: String,
     client_port: u16,
     route_port: u16,
     http_port: u16,
@@ -52,8 +53,9 @@ impl Node {
         let text = format!(
             "server_name: {name}\nlisten: \"127.0.0.1:{client}\"\nhttp: \"127.0.0.1:{http}\"\n\
              jetstream {{\n  store_dir: \"{store}\"\n}}\n\
-             cluster {{\n  name: {CLUSTER_NAME}\n  listen: \"127.0.0.1:{route}\"\n  routes: [{routes}]\n}}\n",
+             cluster {{\n  name: {cluster}\n  listen: \"127.0.0.1:{route}\"\n  routes: [{routes}]\n}}\n",
             name = self.name,
+            cluster = self.cluster,
             client = self.client_port,
             http = self.http_port,
             route = self.route_port,
@@ -111,9 +113,11 @@ impl NatsCluster {
         let mut last_err = String::new();
         // A freed port can be taken by a parallel test before a node binds it.
         for _ in 0..3 {
+            let cluster = format!("jetcrawl-test-{:08x}", rand::random::<u32>());
             let mut nodes: Vec<Node> = (0..size)
                 .map(|i| Node {
                     name: format!("n{i}"),
+                    cluster: cluster.clone(),
                     client_port: free_port(),
                     route_port: free_port(),
                     http_port: free_port(),
