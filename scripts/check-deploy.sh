@@ -39,6 +39,8 @@ printf 'jetstream { sync_intervl: always }\n' > "$tmp/bad-nats.conf"
 rejects "nats-server -t" nats-server -c "$tmp/bad-nats.conf" -t
 log "nats-server -t deploy/nats.conf"
 nats-server -c deploy/nats.conf -t
+log "nats-server -t deploy/nats-cluster.conf"
+SERVER_NAME=nats-0 nats-server -c deploy/nats-cluster.conf -t
 log "redis-server deploy/redis.conf"
 check_redis_conf deploy/redis.conf "$tmp"
 

@@ -71,20 +71,26 @@ pub async fn status(
     let js = async_nats::jetstream::new(nats);
     let mut previous: Option<(status::Status, std::time::Instant)> = None;
     loop {
-        let mut st = status::collect(&js, &spider.spider).await?;
-        let now = std::time::Instant::now();
-        if let Some((prev, at)) = &previous {
-            st = st.with_rates(prev, now.duration_since(*at).as_secs_f64());
+        match status::collect(&js, &spider.spider).await {
+            Ok(mut st) => {
+                let now = std::time::Instant::now();
+                if let Some((prev, at)) = &previous {
+                    st = st.with_rates(prev, now.duration_since(*at).as_secs_f64());
+                }
+                if json {
+                    println!("{}", serde_json::to_string(&st)?);
+                } else {
+                    println!("{st}");
+                }
+                if !watch {
+                    return Ok(());
+                }
+                previous = Some((st, now));
+            }
+            // A leader election or a reconnect to another node: --watch carries on.
+            Err(e) if watch => tracing::warn!(error = %e, "status not available now; retrying"),
+            Err(e) => return Err(e.into()),
         }
-        if json {
-            println!("{}", serde_json::to_string(&st)?);
-        } else {
-            println!("{st}");
-        }
-        if !watch {
-            return Ok(());
-        }
-        previous = Some((st, now));
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}

@@ -52,7 +52,8 @@ struct Common {
     /// Spider file (TOML).
     #[arg(long, short = 's')]
     spider: PathBuf,
-    /// NATS server (credentials and TLS go in the URL).
+    /// NATS server, or a cluster's servers comma-separated (credentials and TLS go in
+    /// the URLs: `nats://user:password@host`, `tls://host`).
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
     /// Where /metrics, /healthz and /readyz listen (default: a port per role).

@@ -176,6 +176,16 @@ async fn each_disposition_is_carried_out() {
     assert_eq!(dead[0].payload, "dead");
     assert_eq!(dead[0].header("Jetcrawl-Error"), Some("a test reason"));
     assert_eq!(dead[0].header("Jetcrawl-Stage"), Some("sink"));
+    // DEAD is bounded (the oldest go first) and deduplicates by message id.
+    let mut stream = s.js.get_stream(s.names.dead_stream()).await.expect("DEAD");
+    let config = &stream.info().await.expect("DEAD info").config;
+    assert_eq!(config.max_bytes, 1 << 30);
+    assert_eq!(config.max_age, Duration::from_secs(30 * 24 * 3600));
+    assert_eq!(
+        config.discard,
+        async_nats::jetstream::stream::DiscardPolicy::Old
+    );
+    assert_eq!(config.duplicate_window, Duration::from_secs(300));
 }
 
 /// Held for 5 s with `ack_wait` at 2 s, singly or in batches: no message is delivered

@@ -49,46 +49,10 @@ async fn assert_running_then_stop(h: &Harness, services: &mut [Service; 3]) {
 async fn ride_out(h: &Harness, outage: Duration) {
     let started = Instant::now();
     while started.elapsed() < outage {
-        check_health(h);
+        h.check_health();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    check_health(h);
-}
-
-/// Lines of the services' logs that report a panic (a handler's, caught or not): a
-/// service that survives a panic still failed the message it was working on.
-fn panics_in_logs(h: &Harness) -> Vec<String> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir(h.dir()) else {
-        return found;
-    };
-    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
-        if path.extension().is_none_or(|x| x != "log") {
-            continue;
-        }
-        let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap_or_default()).into_owned();
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        let lines: Vec<&str> = text.lines().collect();
-        for (i, line) in lines.iter().enumerate() {
-            if line.contains("panicked") {
-                // The panic message is on the line after "thread ... panicked at ...".
-                let message = lines.get(i + 1).copied().unwrap_or_default();
-                found.push(format!("{name}: {line} {message}"));
-            }
-        }
-    }
-    found
-}
-
-/// Fails if a service died or logged a panic.
-fn check_health(h: &Harness) {
-    h.check_services();
-    let panics = panics_in_logs(h);
-    assert!(
-        panics.is_empty(),
-        "a service panicked:\n  {}",
-        panics.join("\n  ")
-    );
+    h.check_health();
 }
 
 /// Waits until the crawl is finished (as [`Harness::wait_idle`] does: FRONTIER empty,
@@ -100,11 +64,11 @@ async fn wait_idle_healthy(h: &Harness, timeout: Duration, since: &str) {
     let started = Instant::now();
     let mut idle_since: Option<Instant> = None;
     loop {
-        check_health(h);
+        h.check_health();
         match jetstream::crawl_idle_now(&js, &h.crawl).await {
             Ok(()) => {
                 if idle_since.get_or_insert_with(Instant::now).elapsed() >= jetstream::IDLE_FOR {
-                    check_health(h);
+                    h.check_health();
                     return;
                 }
             }

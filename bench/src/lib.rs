@@ -3,13 +3,15 @@
 //!
 //! Layout: `crawl_state` (is a crawl finished: FRONTIER empty, nothing pending or
 //! unacked) · `servers` (throwaway nats-server and redis-server on free loopback ports;
-//! the integration tests use them too) · `demo_site` (the deterministic e-commerce
-//! site crawled by the benchmarks, crate `jetcrawl-demo-site`; `bin/demo-site` serves it) · `procs` (CPU time and
-//! memory of processes, from /proc) · `stack` (one benchmark run: servers, a fresh
-//! PostgreSQL database, the `jetcrawl` processes) · `bin/bench` (the crawl, sink,
-//! backpressure and memory scenarios) · `bin/dupefilter` (bytes per URL and check+add
-//! throughput of the Redis dupefilter).
+//! the integration tests use them too) · `cluster` (a throwaway NATS cluster whose nodes
+//! can be killed and restarted, and that names its leaders) · `demo_site` (the
+//! deterministic e-commerce site crawled by the benchmarks, crate `jetcrawl-demo-site`;
+//! `bin/demo-site` serves it) · `procs` (CPU time and memory of processes, from /proc) ·
+//! `stack` (one benchmark run: servers, a fresh PostgreSQL database, the `jetcrawl`
+//! processes) · `bin/bench` (the crawl, sink, backpressure and memory scenarios) ·
+//! `bin/dupefilter` (bytes per URL and check+add throughput of the Redis dupefilter).
 
+pub mod cluster;
 pub mod crawl_state;
 pub mod procs;
 pub mod servers;

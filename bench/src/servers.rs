@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+/// Three (or more) nodes with routes between them: see [`crate::cluster`].
+pub use crate::cluster::NatsCluster;
+
 /// How long a server gets to start answering.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -45,7 +48,7 @@ pub fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn kill_and_reap(child: &mut Child) {
+pub(crate) fn kill_and_reap(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -122,6 +125,19 @@ fn nats_candidates() -> Vec<PathBuf> {
     out
 }
 
+/// Starts [`nats_server_bin`] on config file `conf`, its output appended to `log`.
+pub(crate) fn spawn_nats_server(conf: &Path, log: &Path) -> Result<Child, String> {
+    let (out, err) = log_stdio(log);
+    Command::new(nats_server_bin())
+        .arg("-c")
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .map_err(|e| format!("spawn {}: {e}", nats_server_bin().display()))
+}
+
 /// The newest nats-server >= 2.10 on this machine, or `$NATS_SERVER_BIN`.
 pub fn nats_server_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -168,6 +184,15 @@ pub fn nats_server_bin() -> &'static Path {
 
 // ------------------------------------------------------------------------------------
 // NATS
+
+/// A client of `url`: one server, or a cluster's servers comma-separated, as the
+/// services take `NATS_URL` (the client fails over between them).
+pub async fn nats_client(url: &str) -> Result<async_nats::Client, String> {
+    let url = jetcrawl_shared::nats::NatsUrl::parse(url).map_err(|e| e.to_string())?;
+    jetcrawl_shared::nats::try_connect(&url, "jetcrawl-test")
+        .await
+        .map_err(|e| e.to_string())
+}
 
 /// A nats-server with JetStream, on a free loopback port, storing in a temp dir.
 pub struct NatsServer {
@@ -246,16 +271,7 @@ impl NatsServer {
     async fn spawn_and_wait(&mut self) -> Result<(), String> {
         let conf = self.write_config();
         let log = self.log_path();
-        let (out, err) = log_stdio(&log);
-        let child = Command::new(nats_server_bin())
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", nats_server_bin().display()))?;
-        self.child = Some(child);
+        self.child = Some(spawn_nats_server(&conf, &log)?);
         let started = Instant::now();
         loop {
             if let Some(child) = self.child.as_mut() {

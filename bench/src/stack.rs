@@ -12,7 +12,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::servers::{free_port, tail, NatsServer, RedisServer};
+use crate::servers::{free_port, nats_client, tail, NatsServer, RedisServer};
 use crate::{procs, DEFAULT_PG};
 
 /// The binaries a run starts: `jetcrawl` and `demo-site`, from the directory this
@@ -393,6 +393,14 @@ impl Stack {
             );
         }
         Ok(())
+    }
+
+    /// A JetStream context on the run's NATS, connected as the stages connect.
+    pub async fn jetstream(&self) -> Result<async_nats::jetstream::Context> {
+        let client = nats_client(&self.nats.url())
+            .await
+            .map_err(anyhow::Error::msg)?;
+        Ok(async_nats::jetstream::new(client))
     }
 
     /// NATS's and Redis's CPU time so far.

@@ -279,6 +279,14 @@ async fn renew(
                 h.lease.extend(sent);
             }
             Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+                if let Some(revision) = own_newer_revision(store, p, &me.id, h.revision).await {
+                    // An earlier renewal was stored but its answer lost (a leader
+                    // election): the entry is still ours. Not extended: when it was
+                    // written is unknown; the next renewal extends it.
+                    tracing::info!(partition = p, "partition lease renewed unseen; resuming");
+                    h.revision = revision;
+                    continue;
+                }
                 tracing::warn!(partition = p, "partition lease lost to another fetcher");
                 h.lease.revoked.cancel();
                 if !h.releasing {
@@ -293,6 +301,16 @@ async fn renew(
             }
         }
     }
+}
+
+/// The revision of partition `p`'s entry if it still names `id` at a revision after
+/// `known`: a renewal of ours that went through without its answer reaching us.
+async fn own_newer_revision(store: &kv::Store, p: u32, id: &str, known: u64) -> Option<u64> {
+    let entry = store.entry(partition_key(p)).await.ok()??;
+    (entry.operation == kv::Operation::Put
+        && entry.value == id.as_bytes()
+        && entry.revision > known)
+        .then_some(entry.revision)
 }
 
 #[cfg(test)]

@@ -187,6 +187,11 @@ pub struct Streams {
     /// died) is redelivered to another. Long work extends it with progress acks.
     #[serde(default = "default_ack_wait_secs")]
     pub ack_wait_secs: u64,
+    /// JetStream replicas of every stream of the crawl (and of its live-instances
+    /// bucket; consumers follow their stream): 1 on a single server, 3 on a 3-node
+    /// cluster, so a crawl rides out the loss of any one node.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
 }
 
 /// Sink batching.
@@ -319,6 +324,9 @@ fn default_unlimited() -> i64 {
 fn default_ack_wait_secs() -> u64 {
     30
 }
+fn default_replicas() -> usize {
+    1
+}
 fn default_max_age_hours() -> u64 {
     7 * 24
 }
@@ -380,6 +388,7 @@ impl Default for Streams {
             dead_max_age_hours: default_dead_max_age_hours(),
             duplicate_window_secs: default_duplicate_window_secs(),
             ack_wait_secs: default_ack_wait_secs(),
+            replicas: default_replicas(),
         }
     }
 }
@@ -496,6 +505,12 @@ impl CompiledSpider {
         }
         if spider.http.max_tries == 0 {
             return Err(invalid("max_tries", "expected at least 1".to_string()));
+        }
+        if !(1..=5).contains(&spider.streams.replicas) {
+            return Err(invalid(
+                "replicas",
+                "expected a number from 1 to 5 (JetStream keeps at most 5 replicas)".to_string(),
+            ));
         }
         if spider.streams.ack_wait_secs < 2 {
             return Err(invalid("ack_wait_secs", "expected at least 2".to_string()));
@@ -745,6 +760,28 @@ tags  = { css = "ul.breadcrumb li a", all = true }
             err.contains("each") && err.contains("spider.toml:23:"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn replicas_default_to_one_and_are_checked() {
+        assert_eq!(load(EXAMPLE).unwrap().spider.streams.replicas, 1);
+        let with = |n: &str| format!("{EXAMPLE}\n[streams]\nreplicas = {n}\n");
+        assert_eq!(load(&with("3")).unwrap().spider.streams.replicas, 3);
+        for bad in ["0", "6"] {
+            let text = with(bad);
+            let err = load(&text).unwrap_err().to_string();
+            let line = text
+                .lines()
+                .position(|l| l.starts_with("replicas"))
+                .unwrap()
+                + 1;
+            assert!(
+                err.contains("replicas") && err.contains(&format!("spider.toml:{line}:")),
+                "{err}"
+            );
+        }
+        let err = load(&with("-1")).unwrap_err().to_string();
+        assert!(err.contains("replicas"), "{err}");
     }
 
     #[test]

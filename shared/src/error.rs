@@ -77,6 +77,9 @@ pub enum Error {
     /// Could not connect to NATS.
     #[error("nats connect: {0}")]
     Connect(String),
+    /// `NATS_URL` is not a list of NATS server URLs (never holds the URL itself).
+    #[error("NATS_URL: {0}")]
+    NatsUrl(String),
     /// A message is malformed and can never be processed.
     #[error("malformed message: {0}")]
     Malformed(String),
@@ -91,7 +94,10 @@ pub enum Error {
 impl Error {
     /// Whether trying again later may succeed (as opposed to a poison message).
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, Error::Malformed(_) | Error::Topology(_))
+        !matches!(
+            self,
+            Error::Malformed(_) | Error::Topology(_) | Error::NatsUrl(_)
+        )
     }
 
     pub(crate) fn js(op: &'static str, e: impl std::fmt::Display) -> Self {

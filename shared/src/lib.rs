@@ -6,6 +6,7 @@
 //! - `message`: requests, pages (headers + body) and items on the wire
 //! - `hostkey`: what one politeness budget covers (host, domain or address)
 //! - `dupefilter`: seen-fingerprint sets in Redis (compact buckets) or in memory
+//! - `nats`: `NATS_URL` (one server or a cluster's list) and connecting with it
 //! - `topology`: subjects, streams, consumers, dead letters
 //! - `consume`: the pull loop every JetStream stage runs, and every message's disposition
 //! - `failpoint`: named crash points for the crash tests (off unless `JETCRAWL_FAIL_AT`)
@@ -23,6 +24,7 @@ pub mod error;
 pub mod failpoint;
 pub mod hostkey;
 pub mod message;
+pub mod nats;
 pub mod presence;
 pub mod shutdown;
 pub mod status;

@@ -99,9 +99,11 @@ fn hostname() -> String {
         .unwrap_or_else(|| "unknown".to_string())
 }
 
-/// Create the crawl's bucket, or open it if it exists.
+/// Create the crawl's bucket, or open it; one made with another replica count is
+/// brought to the spider's (kept as it is, with a warning, if the server refuses).
 pub async fn bucket(js: &jetstream::Context, spider: &Spider) -> Result<kv::Store, Error> {
     let name = bucket_name(&spider.name);
+    let replicas = spider.streams.replicas;
     let config = kv::Config {
         bucket: name.clone(),
         description: format!(
@@ -113,14 +115,30 @@ pub async fn bucket(js: &jetstream::Context, spider: &Spider) -> Result<kv::Stor
         // Leases must survive a server restart: an owner still inside its lease would
         // otherwise meet a second owner of the same partition.
         storage: jetstream::stream::StorageType::File,
+        // On a cluster, leases must also survive the loss of a node.
+        num_replicas: replicas,
         ..Default::default()
     };
-    match js.create_key_value(config).await {
-        Ok(store) => Ok(store),
-        Err(create_err) => js
-            .get_key_value(&name)
-            .await
-            .map_err(|e| Error::js("key-value bucket", format!("{create_err}; open: {e}"))),
+    // Create-if-absent first: stages starting together then never race on updates
+    // (concurrent updates of a stream being created can go unanswered on a cluster).
+    let create_err = match js.create_key_value(config.clone()).await {
+        Ok(store) => return Ok(store),
+        Err(e) => e,
+    };
+    let store = js
+        .get_key_value(&name)
+        .await
+        .map_err(|e| Error::js("key-value bucket", format!("{create_err}; open: {e}")))?;
+    let has = store.status().await.map(|s| s.info.config.num_replicas);
+    if has.as_ref().is_ok_and(|&n| n == replicas) {
+        return Ok(store);
+    }
+    match js.update_key_value(config).await {
+        Ok(updated) => Ok(updated),
+        Err(e) => {
+            tracing::warn!(bucket = %name, replicas, error = %e, "live bucket kept at its replica count");
+            Ok(store)
+        }
     }
 }
 

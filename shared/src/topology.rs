@@ -6,9 +6,10 @@ use std::time::Duration;
 use async_nats::jetstream::{
     self,
     consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer},
+    context::CreateStreamErrorKind,
     stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
+    ErrorCode,
 };
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Spider;
 use crate::error::Error;
@@ -114,49 +115,12 @@ impl Names {
     }
 }
 
-/// Connect to NATS, retrying until it answers or shutdown is asked for.
-pub async fn connect(
-    url: &str,
-    name: &str,
-    shutdown: &CancellationToken,
-) -> Result<async_nats::Client, Error> {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        let opts = async_nats::ConnectOptions::new()
-            .name(name)
-            .connection_timeout(Duration::from_secs(5))
-            .max_reconnects(None)
-            .request_timeout(Some(Duration::from_secs(10)))
-            .event_callback(|event| async move { log_connection_event(&event) });
-        match opts.connect(url).await {
-            Ok(client) => return Ok(client),
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "nats not reachable");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Err(Error::Connect(e.to_string())),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
+/// Connecting lives in [`crate::nats`]; kept here for the callers that knew it here.
+pub use crate::nats::connect;
 
 /// Room a dead letter keeps for its headers (the original's, the reason) beside the
 /// payload.
 const DEAD_HEADER_ROOM: usize = 64 * 1024;
-
-/// What the client tells of its connection, in the service's log: a disconnect, a
-/// slow-consumer drop or a server error is exactly what explains a stage gone quiet.
-fn log_connection_event(event: &async_nats::Event) {
-    match event {
-        async_nats::Event::Connected => tracing::info!("nats connected"),
-        async_nats::Event::Draining | async_nats::Event::Closed => {
-            tracing::debug!(event = %event, "nats connection")
-        }
-        _ => tracing::warn!(event = %event, "nats connection"),
-    }
-}
 
 /// FRONTIER's metadata key for the partition count the crawl was created with.
 const PARTITIONS_KEY: &str = "jetcrawl.partitions";
@@ -193,6 +157,7 @@ pub async fn ensure_streams(js: &jetstream::Context, spider: &Spider) -> Result<
             discard: DiscardPolicy::New,
             max_messages: s.frontier_max_msgs,
             storage: StorageType::File,
+            num_replicas: s.replicas,
             duplicate_window: Duration::from_secs(s.duplicate_window_secs),
             metadata: [(PARTITIONS_KEY.to_string(), s.partitions.to_string())].into(),
             ..Default::default()
@@ -206,6 +171,7 @@ pub async fn ensure_streams(js: &jetstream::Context, spider: &Spider) -> Result<
             max_bytes: s.pages_max_bytes,
             max_age: hours(s.pages_max_age_hours),
             storage: StorageType::File,
+            num_replicas: s.replicas,
             duplicate_window: Duration::from_secs(s.duplicate_window_secs),
             ..Default::default()
         },
@@ -218,6 +184,7 @@ pub async fn ensure_streams(js: &jetstream::Context, spider: &Spider) -> Result<
             max_bytes: s.items_max_bytes,
             max_age: hours(s.items_max_age_hours),
             storage: StorageType::File,
+            num_replicas: s.replicas,
             duplicate_window: Duration::from_secs(s.duplicate_window_secs),
             ..Default::default()
         },
@@ -234,22 +201,104 @@ pub async fn ensure_streams(js: &jetstream::Context, spider: &Spider) -> Result<
             max_age: hours(s.dead_max_age_hours),
             storage: StorageType::File,
             duplicate_window: Duration::from_secs(s.duplicate_window_secs),
+            num_replicas: s.replicas,
             ..Default::default()
         },
     ];
     for config in configs {
-        let name = config.name.clone();
-        if let Err(create_err) = js.create_stream(config.clone()).await {
-            // Exists with another configuration (say, new limits): update in place.
-            js.update_stream(config)
-                .await
-                .map_err(|update_err| Error::JetStream {
-                    op: "create stream",
-                    message: format!("{name}: {create_err}; update: {update_err}"),
-                })?;
-        }
+        apply_stream(js, config).await?;
     }
     Ok(())
+}
+
+/// How long stream setup keeps retrying what a cluster answers while it elects a
+/// leader or waits for a restarting node.
+const SETUP_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Create a stream, or update it in place if it exists with another configuration
+/// (new limits, or another replica count: the server scales a stream up or down by an
+/// update). What a cluster says during a leader election is retried for a while.
+async fn apply_stream(js: &jetstream::Context, config: stream::Config) -> Result<(), Error> {
+    let name = config.name.clone();
+    let replicas = config.num_replicas;
+    let give_up_at = tokio::time::Instant::now() + SETUP_PATIENCE;
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let Err(create_err) = js.create_stream(config.clone()).await else {
+            return Ok(());
+        };
+        let Err(update_err) = js.update_stream(&config).await else {
+            return Ok(());
+        };
+        let (create, update) = (create_err.kind(), update_err.kind());
+        let transient = |k: &CreateStreamErrorKind| setup_transient(k, replicas);
+        if (transient(&create) || transient(&update)) && tokio::time::Instant::now() < give_up_at {
+            tracing::warn!(stream = %name, error = %update_err, retry_in_ms = delay.as_millis() as u64, "stream not set up yet, retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+            continue;
+        }
+        let refusal = [(&create, &create_err), (&update, &update_err)]
+            .into_iter()
+            .find(|(kind, _)| refuses_replicas(kind));
+        if let Some((_, why)) = refusal.filter(|_| replicas > 1) {
+            return Err(Error::Topology(format!(
+                "[streams] replicas = {replicas}: the NATS server cannot keep {replicas} replicas of \
+                 {name} ({why}). More than one replica needs a NATS cluster with at least \
+                 {replicas} JetStream servers up; on a single server, set replicas = 1"
+            )));
+        }
+        return Err(Error::JetStream {
+            op: "create stream",
+            message: format!("{name}: {create_err}; update: {update_err}"),
+        });
+    }
+}
+
+fn js_code(kind: &CreateStreamErrorKind) -> Option<(usize, ErrorCode)> {
+    match kind {
+        CreateStreamErrorKind::JetStream(e) => Some((e.code(), e.error_code())),
+        _ => None,
+    }
+}
+
+/// Worth another try soon: no answer (a leader election, a reconnect), a cluster
+/// without a leader, or replicas that cannot be placed while a node is away.
+fn setup_transient(kind: &CreateStreamErrorKind, replicas: usize) -> bool {
+    use CreateStreamErrorKind as K;
+    match kind {
+        K::TimedOut | K::JetStreamUnavailable | K::Response => true,
+        K::JetStream(_) => js_code(kind).is_some_and(|(status, code)| {
+            // 503: "JetStream system temporarily unavailable" (no meta leader).
+            status == 503
+                || [
+                    ErrorCode::CLUSTER_NOT_AVAILABLE,
+                    ErrorCode::CLUSTER_NOT_ACTIVE,
+                    ErrorCode::CLUSTER_NOT_LEADER,
+                ]
+                .contains(&code)
+                // No peers to place the replicas on: a node may be restarting.
+                || (replicas > 1 && code == ErrorCode::INSUFFICIENT_RESOURCES)
+        }),
+        K::EmptyStreamName
+        | K::InvalidStreamName
+        | K::DomainAndExternalSet
+        | K::NotFound
+        | K::ResponseParse => false,
+    }
+}
+
+/// Replicas above 1 on a server outside a cluster, too few servers for them, or a
+/// server too old to change them.
+fn refuses_replicas(kind: &CreateStreamErrorKind) -> bool {
+    js_code(kind).is_some_and(|(_, code)| {
+        [
+            ErrorCode::STREAM_REPLICAS_NOT_SUPPORTED,
+            ErrorCode::STREAM_REPLICAS_NOT_UPDATABLE,
+            ErrorCode::INSUFFICIENT_RESOURCES,
+        ]
+        .contains(&code)
+    })
 }
 
 /// Create or update a role's durable pull consumer and return it.

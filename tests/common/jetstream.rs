@@ -6,9 +6,9 @@ use async_nats::jetstream::{self, Context};
 
 pub use jetcrawl_bench::crawl_state::{crawl_idle_now, stream_messages, stream_name, CONSUMERS};
 
-/// A JetStream context on `nats_url`.
+/// A JetStream context on `nats_url` (one server, or a cluster's list).
 pub async fn connect(nats_url: &str) -> Context {
-    let client = async_nats::connect(nats_url)
+    let client = super::servers::nats_client(nats_url)
         .await
         .unwrap_or_else(|e| panic!("connect to {nats_url}: {e}"));
     jetstream::new(client)

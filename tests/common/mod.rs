@@ -33,7 +33,7 @@ use tempfile::TempDir;
 pub use catalogue::ExpectedItem;
 pub use db::{StoredItem, TestDb};
 pub use proxy::TcpProxy;
-pub use servers::{NatsServer, RedisServer};
+pub use servers::{NatsCluster, NatsServer, RedisServer};
 pub use service::{Role, Service, ServiceSpec, ServiceState};
 pub use site::{Site, SiteOptions};
 
@@ -156,9 +156,36 @@ pub struct SpiderExtras {
     pub tables: String,
 }
 
+/// What the services' `NATS_URL` points at: one server, or a cluster.
+pub trait Nats {
+    /// The `NATS_URL` (a cluster's servers comma-separated).
+    fn url(&self) -> String;
+    /// The server logs, for the dump on failure.
+    fn log_paths(&self) -> Vec<PathBuf>;
+}
+
+impl Nats for NatsServer {
+    fn url(&self) -> String {
+        NatsServer::url(self)
+    }
+    fn log_paths(&self) -> Vec<PathBuf> {
+        vec![self.log_path()]
+    }
+}
+
+impl Nats for NatsCluster {
+    fn url(&self) -> String {
+        NatsCluster::url(self)
+    }
+    fn log_paths(&self) -> Vec<PathBuf> {
+        NatsCluster::log_paths(self)
+    }
+}
+
 /// Everything one test needs: the servers, the site, the spider file, and the
-/// processes started through it (which it watches for unexpected exits).
-pub struct Harness {
+/// processes started through it (which it watches for unexpected exits). `N` is the
+/// NATS the services use: one server unless a test starts a cluster.
+pub struct Harness<N: Nats = NatsServer> {
     // Dropped first, so the logs are printed while they still exist.
     logs: LogDump,
     services: Mutex<Vec<Arc<ServiceState>>>,
@@ -167,7 +194,7 @@ pub struct Harness {
     pub crawl: String,
     pub spider: PathBuf,
     pub site: Site,
-    pub nats: NatsServer,
+    pub nats: N,
     pub redis: RedisServer,
     pub db: TestDb,
     dir: TempDir,
@@ -181,9 +208,20 @@ impl Harness {
 
     /// [`Harness::start`], with `extras` in the spider file.
     pub async fn start_with(options: HarnessOptions, extras: SpiderExtras) -> Harness {
+        Harness::start_on(options, extras, NatsServer::start()).await
+    }
+}
+
+impl<N: Nats> Harness<N> {
+    /// [`Harness::start_with`] on the NATS `nats` starts (e.g. [`NatsCluster::start`]).
+    pub async fn start_on(
+        options: HarnessOptions,
+        extras: SpiderExtras,
+        nats: impl Future<Output = N>,
+    ) -> Harness<N> {
         let (site, nats, redis, db) = tokio::join!(
             Site::start(options.site.clone()),
-            NatsServer::start(),
+            nats,
             RedisServer::start(),
             TestDb::create(),
         );
@@ -205,7 +243,7 @@ impl Harness {
         .expect("write spider");
         let logs = LogDump {
             service_dir: dir.path().to_path_buf(),
-            server_logs: vec![nats.log_path(), redis.log_path()],
+            server_logs: [nats.log_paths(), vec![redis.log_path()]].concat(),
         };
         Harness {
             logs,
@@ -341,11 +379,26 @@ impl Harness {
     /// Runs a one-shot subcommand (`status`, `replay`, ...) for the crawl to its end,
     /// asserts it succeeded, and returns what it printed on stdout.
     pub async fn run_command(&self, subcommand: &str, extra: &[&str]) -> String {
+        let out = self.run_command_output(subcommand, extra).await;
+        assert!(
+            out.status.success(),
+            "jetcrawl {subcommand} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a one-shot subcommand to its end, however it ends.
+    pub async fn run_command_output(
+        &self,
+        subcommand: &str,
+        extra: &[&str],
+    ) -> std::process::Output {
         let (mut args, env) = self.command(subcommand, &self.db.url());
         args.extend(extra.iter().map(|a| a.to_string()));
         let bin = std::env::var("JETCRAWL_BIN")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_jetcrawl").to_string());
-        let out = tokio::time::timeout(
+        tokio::time::timeout(
             Duration::from_secs(120),
             tokio::process::Command::new(bin)
                 .args(&args)
@@ -355,13 +408,7 @@ impl Harness {
         )
         .await
         .unwrap_or_else(|_| panic!("jetcrawl {subcommand} did not finish in 120 s"))
-        .unwrap_or_else(|e| panic!("run jetcrawl {subcommand}: {e}"));
-        assert!(
-            out.status.success(),
-            "jetcrawl {subcommand} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        .unwrap_or_else(|e| panic!("run jetcrawl {subcommand}: {e}"))
     }
 
     /// What `jetcrawl status --json` prints for the crawl, parsed.
@@ -383,6 +430,37 @@ impl Harness {
                 );
             }
         }
+    }
+
+    /// Lines of the services' logs that report a panic (a handler's, caught or not): a
+    /// service that survives a panic still failed the message it was working on.
+    pub fn panics_in_logs(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for path in self.logs.service_logs() {
+            let text =
+                String::from_utf8_lossy(&std::fs::read(&path).unwrap_or_default()).into_owned();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            let lines: Vec<&str> = text.lines().collect();
+            for (i, line) in lines.iter().enumerate() {
+                if line.contains("panicked") {
+                    // The panic message is on the line after "thread ... panicked at ...".
+                    let message = lines.get(i + 1).copied().unwrap_or_default();
+                    found.push(format!("{name}: {line} {message}"));
+                }
+            }
+        }
+        found
+    }
+
+    /// Fails if a service died or logged a panic.
+    pub fn check_health(&self) {
+        self.check_services();
+        let panics = self.panics_in_logs();
+        assert!(
+            panics.is_empty(),
+            "a service panicked:\n  {}",
+            panics.join("\n  ")
+        );
     }
 
     /// [`wait_until`], failing fast if a service dies meanwhile.

@@ -137,7 +137,7 @@ async fn crawl_once(bins: &Bins, a: &CrawlArgs, slow_us_per_row: u64) -> Result<
     }
     // Every page exactly once, counted by the site itself, once the crawl is idle
     // (nothing left in FRONTIER, nothing pending or unacked on any consumer).
-    let js = async_nats::jetstream::new(async_nats::connect(stack.nats.url()).await?);
+    let js = stack.jetstream().await?;
     let idle_by = Instant::now() + Duration::from_secs(30);
     while let Err(busy) = crawl_idle_now(&js, &stack.crawl).await {
         if Instant::now() > idle_by {

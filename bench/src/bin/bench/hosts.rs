@@ -241,7 +241,7 @@ async fn hosts_once(
     let started = Instant::now();
     stack.run("seed", &[]).await?;
     let expect_items = (hosts * pages) as i64;
-    let js = async_nats::jetstream::new(async_nats::connect(stack.nats.url()).await?);
+    let js = stack.jetstream().await?;
     loop {
         let stored = stack.db.count(&stack.crawl).await?;
         if stored >= expect_items && crawl_idle_now(&js, &stack.crawl).await.is_ok() {

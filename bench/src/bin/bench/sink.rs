@@ -68,8 +68,7 @@ pub(crate) async fn sink(bins: &Bins, items: usize, runs: usize) -> Result<()> {
 
 /// Publishes `n` product items the way parsers do (message id, JSON), pipelined.
 async fn prefill_items(stack: &Stack, n: usize) -> Result<()> {
-    let client = async_nats::connect(stack.nats.url()).await?;
-    let js = async_nats::jetstream::new(client);
+    let js = stack.jetstream().await?;
     let subject = Names::new(&stack.crawl).items_subject();
     let crawl = stack.crawl.clone();
     let now = chrono::Utc::now();
