@@ -16,11 +16,13 @@ use jetcrawl_shared::consume::{self, Batching, ConsumeOptions, Disposition};
 use jetcrawl_shared::telemetry::Metrics;
 use jetcrawl_shared::topology::{self, Names, Role};
 use jetcrawl_shared::Spider;
+use tokio_util::sync::CancellationToken;
 
 use common::servers::NatsServer;
 
 /// Deliveries seen by a handler: payload → (delivery count, when) of each.
-type Seen = Arc<Mutex<BTreeMap<String, Vec<(i64, Instant)>>>>;
+type Deliveries = BTreeMap<String, Vec<(i64, Instant)>>;
+type Seen = Arc<Mutex<Deliveries>>;
 
 struct Setup {
     _nats: NatsServer,
@@ -104,6 +106,67 @@ fn record(seen: &Seen, msg: &jetstream::Message) -> (String, i64) {
     (payload, delivered)
 }
 
+/// A consume loop running in the background; every delivery it sees is recorded.
+struct Loop {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    seen: Seen,
+}
+
+impl Loop {
+    /// Messages seen at least once.
+    fn taken(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    fn deliveries(&self, payload: &str) -> usize {
+        self.seen.lock().unwrap().get(payload).map_or(0, Vec::len)
+    }
+
+    /// Stop it, wait for it to end, and return what it saw.
+    async fn stop(self) -> Deliveries {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("the loop ends soon after its stop")
+            .expect("consume ends");
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Setup {
+    /// [`consume::consume`] with `max_in_flight` slots; `decide(payload, delivery,
+    /// stop)` gives each message's disposition.
+    fn consume<Fut>(
+        &self,
+        max_in_flight: usize,
+        decide: impl Fn(String, i64, CancellationToken) -> Fut + Send + Sync + 'static,
+    ) -> Loop
+    where
+        Fut: std::future::Future<Output = Disposition> + Send + 'static,
+    {
+        let (stop, seen) = (CancellationToken::new(), Seen::default());
+        let (handler_stop, handler_seen) = (stop.clone(), seen.clone());
+        let task = tokio::spawn(consume::consume(
+            self.js.clone(),
+            self.spider.clone(),
+            self.options(max_in_flight),
+            Metrics::new(),
+            stop.clone(),
+            move |msg| {
+                let (payload, delivered) = record(&handler_seen, &msg);
+                decide(payload, delivered, handler_stop.clone())
+            },
+        ));
+        Loop { stop, task, seen }
+    }
+
+    /// A loop that acks everything.
+    fn acking(&self) -> Loop {
+        self.consume(8, |_, _, _| async { Disposition::Ack })
+    }
+}
+
 async fn wait_for(what: &str, timeout: Duration, cond: impl Fn() -> bool) {
     let until = Instant::now() + timeout;
     while !cond() {
@@ -115,36 +178,26 @@ async fn wait_for(what: &str, timeout: Duration, cond: impl Fn() -> bool) {
     }
 }
 
+fn numbered(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("m{i}")).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_disposition_is_carried_out() {
     let s = setup(2).await;
     s.publish(&["ack", "retry", "dead", "abandon"]).await;
-    let seen: Seen = Arc::default();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let handler_seen = seen.clone();
-    let run = tokio::spawn(consume::consume(
-        s.js.clone(),
-        s.spider.clone(),
-        s.options(8),
-        Metrics::new(),
-        stop.clone(),
-        move |msg| {
-            let (payload, delivered) = record(&handler_seen, &msg);
-            async move {
-                match (payload.as_str(), delivered) {
-                    ("retry", 1) => Disposition::Retry(Some(Duration::from_millis(200))),
-                    ("abandon", 1) => Disposition::Abandon,
-                    ("dead", _) => Disposition::Dead("a test reason".to_string()),
-                    _ => Disposition::Ack,
-                }
-            }
-        },
-    ));
-    let deliveries = |p: &str| seen.lock().unwrap().get(p).map_or(0, Vec::len);
+    let run = s.consume(8, |payload, delivered, _| async move {
+        match (payload.as_str(), delivered) {
+            ("retry", 1) => Disposition::Retry(Some(Duration::from_millis(200))),
+            ("abandon", 1) => Disposition::Abandon,
+            ("dead", _) => Disposition::Dead("a test reason".to_string()),
+            _ => Disposition::Ack,
+        }
+    });
     wait_for(
         "retry and abandon delivered twice",
         Duration::from_secs(15),
-        || deliveries("retry") == 2 && deliveries("abandon") == 2,
+        || run.deliveries("retry") == 2 && run.deliveries("abandon") == 2,
     )
     .await;
     // Settled: nothing left unacknowledged on the server.
@@ -154,10 +207,8 @@ async fn each_disposition_is_carried_out() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    stop.cancel();
-    run.await.expect("consume ends");
+    let seen = run.stop().await;
 
-    let seen = seen.lock().unwrap().clone();
     assert_eq!(seen["ack"].len(), 1, "an acked message is not redelivered");
     assert_eq!(seen["dead"].len(), 1, "a dead message is not redelivered");
     let gap = |p: &str| seen[p][1].1 - seen[p][0].1;
@@ -192,17 +243,16 @@ async fn each_disposition_is_carried_out() {
 /// again meanwhile, though the loop has room for more and pulls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_messages_stay_in_progress() {
+    let hold = Duration::from_secs(5);
     for batched in [false, true] {
         let s = setup(2).await;
-        let payloads: Vec<String> = (0..6).map(|i| format!("m{i}")).collect();
+        let payloads = numbered(6);
         let refs: Vec<&str> = payloads.iter().map(String::as_str).collect();
         s.publish(&refs).await;
-        let seen: Seen = Arc::default();
-        let stop = tokio_util::sync::CancellationToken::new();
-        let handler_seen = seen.clone();
-        let hold = Duration::from_secs(5);
         let run = if batched {
-            tokio::spawn(consume::consume_batches(
+            let (stop, seen) = (CancellationToken::new(), Seen::default());
+            let handler_seen = seen.clone();
+            let task = tokio::spawn(consume::consume_batches(
                 s.js.clone(),
                 s.spider.clone(),
                 s.options(12),
@@ -221,29 +271,20 @@ async fn held_messages_stay_in_progress() {
                         vec![Disposition::Ack; msgs.len()]
                     }
                 },
-            ))
+            ));
+            Loop { stop, task, seen }
         } else {
-            tokio::spawn(consume::consume(
-                s.js.clone(),
-                s.spider.clone(),
-                s.options(12),
-                Metrics::new(),
-                stop.clone(),
-                move |msg| {
-                    record(&handler_seen, &msg);
-                    async move {
-                        tokio::time::sleep(hold).await;
-                        Disposition::Ack
-                    }
-                },
-            ))
+            s.consume(12, move |_, _, _| async move {
+                tokio::time::sleep(hold).await;
+                Disposition::Ack
+            })
         };
-        let all = || seen.lock().unwrap().len() == 6;
-        wait_for("all six taken", Duration::from_secs(10), all).await;
+        wait_for("all six taken", Duration::from_secs(10), || {
+            run.taken() == 6
+        })
+        .await;
         tokio::time::sleep(hold + Duration::from_secs(2)).await;
-        stop.cancel();
-        run.await.expect("consume ends");
-        let seen = seen.lock().unwrap().clone();
+        let seen = run.stop().await;
         let again: Vec<_> = seen.iter().filter(|(_, d)| d.len() > 1).collect();
         assert!(
             again.is_empty(),
@@ -258,69 +299,25 @@ async fn held_messages_stay_in_progress() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_hands_back_what_it_holds() {
     let s = setup(30).await;
-    let payloads: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    let payloads = numbered(20);
     let refs: Vec<&str> = payloads.iter().map(String::as_str).collect();
     s.publish(&refs).await;
-    let taken: Seen = Arc::default();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let handler_taken = taken.clone();
-    let stuck = tokio::spawn(consume::consume(
-        s.js.clone(),
-        s.spider.clone(),
-        s.options(4),
-        Metrics::new(),
-        stop.clone(),
-        move |msg| {
-            record(&handler_taken, &msg);
-            // Never finishes.
-            std::future::pending::<Disposition>()
-        },
-    ));
-    wait_for("four taken", Duration::from_secs(10), || {
-        taken.lock().unwrap().len() == 4
-    })
-    .await;
+    // Never finishes.
+    let stuck = s.consume(4, |_, _, _| std::future::pending::<Disposition>());
+    wait_for("four taken", Duration::from_secs(10), || stuck.taken() == 4).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        taken.lock().unwrap().len(),
-        4,
-        "the loop took more than it has slots for"
-    );
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(5), stuck)
-        .await
-        .expect("the loop ends soon after its drain deadline")
-        .expect("consume ends");
+    assert_eq!(stuck.taken(), 4, "the loop took more than it has slots for");
+    let taken = stuck.stop().await;
 
-    let seen: Seen = Arc::default();
-    let handler_seen = seen.clone();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let started = Instant::now();
-    let run = tokio::spawn(consume::consume(
-        s.js.clone(),
-        s.spider.clone(),
-        s.options(8),
-        Metrics::new(),
-        stop.clone(),
-        move |msg| {
-            record(&handler_seen, &msg);
-            async { Disposition::Ack }
-        },
-    ));
+    let next = s.acking();
     wait_for(
-        "all twenty handled by the next consumer",
+        "all twenty handled by the next consumer, well before ack_wait (30 s)",
         Duration::from_secs(10),
-        || seen.lock().unwrap().len() == 20,
+        || next.taken() == 20,
     )
     .await;
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "the held messages waited out ack_wait (30 s)"
-    );
-    stop.cancel();
-    run.await.expect("consume ends");
-    let seen = seen.lock().unwrap().clone();
-    for p in taken.lock().unwrap().keys() {
+    let seen = next.stop().await;
+    for p in taken.keys() {
         assert_eq!(
             seen[p][0].0, 2,
             "{p} was held by the stopped loop: handed back, it is on its second delivery"
@@ -337,65 +334,29 @@ async fn a_stop_hands_back_what_it_holds() {
 async fn messages_handed_back_at_a_stop_do_not_bounce_back_to_it() {
     let s = setup(30).await;
     s.publish(&["a", "b", "c"]).await;
-    let taken: Seen = Arc::default();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let (handler_taken, handler_stop) = (taken.clone(), stop.clone());
     // Room for 8: after taking 3, requests for 5 more wait on the server.
-    let run = tokio::spawn(consume::consume(
-        s.js.clone(),
-        s.spider.clone(),
-        s.options(8),
-        Metrics::new(),
-        stop.clone(),
-        move |msg| {
-            record(&handler_taken, &msg);
-            let stop = handler_stop.clone();
-            async move {
-                stop.cancelled().await;
-                Disposition::Retry(None)
-            }
-        },
-    ));
+    let stopping = s.consume(8, |_, _, stop| async move {
+        stop.cancelled().await;
+        Disposition::Retry(None)
+    });
     wait_for("three taken", Duration::from_secs(10), || {
-        taken.lock().unwrap().len() == 3
+        stopping.taken() == 3
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.cancel();
-    run.await.expect("consume ends");
-    let bounced: Vec<_> = taken
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(_, d)| d.len() > 1)
-        .map(|(p, d)| (p.clone(), d.len()))
-        .collect();
+    let taken = stopping.stop().await;
+    let bounced: Vec<_> = taken.iter().filter(|(_, d)| d.len() > 1).collect();
     assert!(
         bounced.is_empty(),
         "handed back to the stopping loop itself: {bounced:?}"
     );
 
-    let seen: Seen = Arc::default();
-    let handler_seen = seen.clone();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let run = tokio::spawn(consume::consume(
-        s.js.clone(),
-        s.spider.clone(),
-        s.options(8),
-        Metrics::new(),
-        stop.clone(),
-        move |msg| {
-            record(&handler_seen, &msg);
-            async { Disposition::Ack }
-        },
-    ));
+    let next = s.acking();
     wait_for("all three handled", Duration::from_secs(10), || {
-        seen.lock().unwrap().len() == 3
+        next.taken() == 3
     })
     .await;
-    stop.cancel();
-    run.await.expect("consume ends");
-    for (p, deliveries) in seen.lock().unwrap().iter() {
+    for (p, deliveries) in next.stop().await {
         assert_eq!(
             deliveries[0].0, 2,
             "{p}: handed back once, it is on its second delivery"

@@ -27,6 +27,22 @@ const RECOVERY: Duration = Duration::from_secs(45);
 const MAX_DEPTH: u64 = 10;
 
 /// One fetcher, one parser, one sink.
+/// Seed `url`, wait until the crawl is done, and return DEAD's letters.
+async fn crawl_seed(h: &Harness, url: &str) -> (async_nats::jetstream::Context, Vec<DeadLetter>) {
+    h.seed(&[url]).await;
+    wait_idle_healthy(h, CRAWL, "seeding").await;
+    let js = jetstream::connect(&h.nats.url()).await;
+    let dead = jetstream::dead_letters(&js, &h.crawl).await;
+    (js, dead)
+}
+
+/// Each dead letter's subject and reason, for a failure message.
+fn reasons(dead: &[DeadLetter]) -> Vec<(&str, Option<&str>)> {
+    dead.iter()
+        .map(|d| (d.subject.as_str(), d.header("Jetcrawl-Error")))
+        .collect()
+}
+
 fn spawn_pipeline(h: &Harness) -> [Service; 3] {
     [
         h.spawn(Role::Fetcher),
@@ -652,17 +668,11 @@ async fn page_that_grows_when_decoded_is_recorded_not_lost() {
     h.wait_topology(STARTUP).await;
 
     let url = h.site.url(hostile::EURO);
-    h.seed(&[&url]).await;
-    wait_idle_healthy(&h, CRAWL, "seeding").await;
-
-    let js = jetstream::connect(&h.nats.url()).await;
-    let dead = jetstream::dead_letters(&js, &h.crawl).await;
+    let (js, dead) = crawl_seed(&h, &url).await;
     assert!(
         dead.is_empty(),
         "the page was dead-lettered instead of recorded: {:#?}",
-        dead.iter()
-            .map(|d| (&d.subject, d.header("Jetcrawl-Error")))
-            .collect::<Vec<_>>()
+        reasons(&dead)
     );
     let pages = jetstream::page_records(&js, &h.crawl).await;
     let record = record_of(&pages, &url, "page that grows when decoded");
@@ -752,10 +762,7 @@ again = "p"
     .await;
     let mut services = spawn_pipeline(&h);
     h.wait_topology(STARTUP).await;
-    let url = h.site.url(hostile::EURO);
-    h.seed(&[&url]).await;
-    wait_idle_healthy(&h, CRAWL, "seeding").await;
-
+    let (_, dead) = crawl_seed(&h, &h.site.url(hostile::EURO)).await;
     // The page's other item is stored; the big one is not.
     h.assert_items(&[hostile::item(
         &h.site.base_url(),
@@ -763,15 +770,11 @@ again = "p"
         "Euro prices",
     )])
     .await;
-    let js = jetstream::connect(&h.nats.url()).await;
-    let dead = jetstream::dead_letters(&js, &h.crawl).await;
     assert_eq!(
         dead.len(),
         1,
         "one dead letter, the big item: {:#?}",
-        dead.iter()
-            .map(|d| (&d.subject, d.header("Jetcrawl-Error")))
-            .collect::<Vec<_>>()
+        reasons(&dead)
     );
     let letter = &dead[0];
     let error = letter.header("Jetcrawl-Error").unwrap_or_default();
