@@ -1,7 +1,7 @@
 //! The dupefilter's depth rule, on both backends: Redis (a real redis-server the test
-//! starts) and the in-memory one the embedded mode uses.
+//! starts, or a 3-master Redis Cluster) and the in-memory one the embedded mode uses.
 
-use jetcrawl_bench::servers::RedisServer;
+use jetcrawl_bench::servers::{RedisCluster, RedisServer};
 use jetcrawl_shared::dupefilter::{Dupefilter, MemoryDupefilter, RedisDupefilter};
 
 async fn suite(df: Dupefilter, backend: &str) {
@@ -46,6 +46,75 @@ async fn depth_rule_on_redis_and_in_memory() {
     let df = RedisDupefilter::connect(&redis.url(), "dftest")
         .await
         .unwrap();
+    assert!(!df.is_cluster(), "a plain redis-server is one server");
     suite(Dupefilter::Redis(df), "redis").await;
     suite(Dupefilter::Memory(MemoryDupefilter::default()), "memory").await;
+}
+
+/// The same rule on a Redis Cluster, reached through every node listed or through any
+/// one node (found to be a cluster node by `INFO cluster`).
+#[tokio::test]
+async fn depth_rule_on_a_redis_cluster() {
+    let cluster = RedisCluster::start().await;
+    let listed = RedisDupefilter::connect(&cluster.url(), "dftest")
+        .await
+        .unwrap();
+    assert!(listed.is_cluster());
+    suite(Dupefilter::Redis(listed), "redis cluster, all nodes listed").await;
+    let one = RedisDupefilter::connect(&cluster.node_urls()[2], "dftest2")
+        .await
+        .unwrap();
+    assert!(one.is_cluster(), "one node's URL is detected as a cluster");
+    suite(Dupefilter::Redis(one), "redis cluster, one node's URL").await;
+}
+
+/// On a cluster the buckets spread over every master, and each check or add, whose
+/// fingerprints fall in buckets on all of them, still answers exactly.
+#[tokio::test]
+async fn buckets_spread_over_every_master() {
+    let cluster = RedisCluster::start().await;
+    let df = Dupefilter::Redis(
+        RedisDupefilter::connect(&cluster.url(), "spread")
+            .await
+            .unwrap(),
+    );
+    let fps: Vec<u64> = (0..20_000u64)
+        .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        .collect();
+    for batch in fps.chunks(50) {
+        let batch: Vec<(u64, u32)> = batch.iter().map(|&fp| (fp, (fp % 5) as u32)).collect();
+        assert!(df.check(&batch).await.unwrap().iter().all(|&seen| !seen));
+        df.add(&batch).await.unwrap();
+    }
+    for batch in fps.chunks(500) {
+        let batch: Vec<(u64, u32)> = batch.iter().map(|&fp| (fp, 4)).collect();
+        assert!(
+            df.check(&batch).await.unwrap().iter().all(|&seen| seen),
+            "an added fingerprint checked as new"
+        );
+    }
+    let buckets: std::collections::BTreeSet<u64> = fps.iter().map(|fp| fp >> 48).collect();
+    let mut keys = Vec::new();
+    for url in cluster.node_urls() {
+        let mut conn = redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let n: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
+        keys.push(n);
+    }
+    assert_eq!(
+        keys.iter().sum::<u64>(),
+        buckets.len() as u64,
+        "one key per bucket, over the masters {keys:?}"
+    );
+    for (i, &n) in keys.iter().enumerate() {
+        let share = n as f64 / buckets.len() as f64;
+        assert!(
+            (0.28..0.39).contains(&share),
+            "master {i} holds {n} of {} bucket keys (per master: {keys:?})",
+            buckets.len()
+        );
+    }
 }
