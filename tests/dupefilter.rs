@@ -94,16 +94,7 @@ async fn buckets_spread_over_every_master() {
         );
     }
     let buckets: std::collections::BTreeSet<u64> = fps.iter().map(|fp| fp >> 48).collect();
-    let mut keys = Vec::new();
-    for url in cluster.node_urls() {
-        let mut conn = redis::Client::open(url)
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let n: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
-        keys.push(n);
-    }
+    let keys = cluster.count_keys("jetcrawl:spread:df:*").await;
     assert_eq!(
         keys.iter().sum::<u64>(),
         buckets.len() as u64,

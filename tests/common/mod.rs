@@ -33,7 +33,7 @@ use tempfile::TempDir;
 pub use catalogue::ExpectedItem;
 pub use db::{StoredItem, TestDb};
 pub use proxy::TcpProxy;
-pub use servers::{NatsServer, RedisServer};
+pub use servers::{NatsServer, RedisCluster, RedisServer};
 pub use service::{Role, Service, ServiceSpec, ServiceState};
 pub use site::{Site, SiteOptions};
 
@@ -169,6 +169,9 @@ pub struct Harness {
     pub site: Site,
     pub nats: NatsServer,
     pub redis: RedisServer,
+    /// When set ([`Harness::start_on_redis_cluster`]), the services' dupefilter is on
+    /// this cluster instead of on `redis`.
+    pub redis_cluster: Option<RedisCluster>,
     pub db: TestDb,
     dir: TempDir,
 }
@@ -177,6 +180,22 @@ impl Harness {
     /// Starts the site, NATS, Redis and a database, and writes the spider file.
     pub async fn start(options: HarnessOptions) -> Harness {
         Harness::start_with(options, SpiderExtras::default()).await
+    }
+
+    /// [`Harness::start`], with the services' dupefilter on a 3-master Redis Cluster.
+    pub async fn start_on_redis_cluster(options: HarnessOptions) -> Harness {
+        let (mut h, cluster) = tokio::join!(Harness::start(options), RedisCluster::start());
+        h.logs.server_logs.extend(cluster.log_paths());
+        h.redis_cluster = Some(cluster);
+        h
+    }
+
+    /// The `REDIS_URL` the services get: the cluster's nodes, if there is one.
+    pub fn redis_url(&self) -> String {
+        match &self.redis_cluster {
+            Some(cluster) => cluster.url(),
+            None => self.redis.url(),
+        }
     }
 
     /// [`Harness::start`], with `extras` in the spider file.
@@ -216,6 +235,7 @@ impl Harness {
             site,
             nats,
             redis,
+            redis_cluster: None,
             db,
             dir,
         }
@@ -248,7 +268,7 @@ impl Harness {
             self.nats.url(),
         ];
         match subcommand {
-            "parser" | "replay" => args.extend(["--redis-url".to_string(), self.redis.url()]),
+            "parser" | "replay" => args.extend(["--redis-url".to_string(), self.redis_url()]),
             "sink" | "init" => {
                 args.extend(["--database-url".to_string(), database_url.to_string()])
             }
@@ -256,7 +276,7 @@ impl Harness {
         }
         let env = vec![
             ("NATS_URL".to_string(), self.nats.url()),
-            ("REDIS_URL".to_string(), self.redis.url()),
+            ("REDIS_URL".to_string(), self.redis_url()),
             ("DATABASE_URL".to_string(), database_url.to_string()),
             (
                 "RUST_LOG".to_string(),

@@ -88,6 +88,34 @@ impl RedisCluster {
         }
     }
 
+    /// How many keys matching `pattern` (a `SCAN MATCH` glob) each master holds, in
+    /// node order.
+    pub async fn count_keys(&self, pattern: &str) -> Vec<u64> {
+        let mut counts = Vec::new();
+        for url in self.node_urls() {
+            let mut conn = connect(&url).await.unwrap_or_else(|e| panic!("{e}"));
+            let (mut cursor, mut n) = (0u64, 0u64);
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_else(|e| panic!("SCAN {url}: {e}"));
+                n += keys.len() as u64;
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            counts.push(n);
+        }
+        counts
+    }
+
     async fn join(&self) -> Result<(), String> {
         let mut conns = Vec::new();
         for (i, node) in self.nodes.iter().enumerate() {
