@@ -1,6 +1,8 @@
 //! The dupefilter's depth rule, on both backends: Redis (a real redis-server the test
 //! starts, or a 3-master Redis Cluster) and the in-memory one the embedded mode uses.
 
+use std::time::{Duration, Instant};
+
 use jetcrawl_bench::servers::{RedisCluster, RedisServer};
 use jetcrawl_shared::dupefilter::{Dupefilter, MemoryDupefilter, RedisDupefilter};
 
@@ -106,6 +108,67 @@ async fn buckets_spread_over_every_master() {
             (0.28..0.39).contains(&share),
             "master {i} holds {n} of {} bucket keys (per master: {keys:?})",
             buckets.len()
+        );
+    }
+}
+
+/// With a master down, requests fail soon (the parser holds its page and asks again)
+/// rather than hang, and a parser can still connect; once the master is back, empty,
+/// both connections answer again: what the other masters hold is still seen, what the
+/// restarted one held is news.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_down_fails_requests_until_it_is_back() {
+    let mut cluster = RedisCluster::start().await;
+    let df = Dupefilter::Redis(
+        RedisDupefilter::connect(&cluster.url(), "down")
+            .await
+            .unwrap(),
+    );
+    let fps: Vec<(u64, u32)> = (0..300u64)
+        .map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15), 0))
+        .collect();
+    df.add(&fps).await.unwrap();
+
+    cluster.kill(1);
+    let started = Instant::now();
+    let down = df.check(&fps).await;
+    assert!(down.is_err(), "a check answered with a master down");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "a check took {:?} to fail",
+        started.elapsed()
+    );
+    let started_while_down = tokio::time::timeout(
+        Duration::from_secs(30),
+        RedisDupefilter::connect(&cluster.url(), "down"),
+    )
+    .await
+    .expect("connecting hung with a master down")
+    .expect("a parser connects while one master is down");
+    let started_while_down = Dupefilter::Redis(started_while_down);
+    assert!(started_while_down.check(&fps).await.is_err());
+
+    cluster.restart(1).await;
+    for (df, which) in [
+        (&df, "connected before"),
+        (&started_while_down, "connected while down"),
+    ] {
+        let started = Instant::now();
+        let seen = loop {
+            match df.check(&fps).await {
+                Ok(seen) => break seen,
+                Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                    eprintln!("{which}: not yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("{which}: still failing 30 s after the restart: {e}"),
+            }
+        };
+        let n = seen.iter().filter(|&&s| s).count();
+        assert!(
+            (fps.len() / 2..fps.len() * 5 / 6).contains(&n),
+            "{which}: {n} of {} seen; the other two masters' share (about 2/3) should be",
+            fps.len()
         );
     }
 }

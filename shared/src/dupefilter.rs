@@ -20,17 +20,19 @@
 //! **Redis Cluster.** Every command touches one bucket key, so the buckets need no hash
 //! tag: each key's whole name is hashed to a slot, and the 65,536 buckets spread evenly
 //! over the 16,384 slots and so over every master. A batch is one pipeline on a
-//! single server; on a cluster it is one pipeline per bucket (a pipeline must stay in
-//! one slot), all sent at once over the connection to each master, so a batch is
-//! still one round trip. Key names and bytes per URL are the same on both.
+//! single server; on a cluster it is one pipeline per master (holding the commands on
+//! the keys of its slots), all sent at once, so a batch is still one round trip. Key
+//! names and bytes per URL are the same on both ([`cluster`] has the client).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use redis::aio::ConnectionManager;
-use redis::cluster_async::ClusterConnection;
+use redis::IntoConnectionInfo;
 
 use crate::error::Error;
+
+mod cluster;
 
 const BUCKET_BITS: u32 = 16;
 const MEMBER_MASK: u64 = (1u64 << (64 - BUCKET_BITS)) - 1;
@@ -115,10 +117,9 @@ pub struct RedisDupefilter {
 enum Conn {
     /// One server (the connection manager reconnects by itself after failures).
     Node(ConnectionManager),
-    /// A Redis Cluster: requests go to the master of each key's slot, following
-    /// redirects when slots move; connections to the masters are re-established on
-    /// failure.
-    Cluster(ClusterConnection),
+    /// A Redis Cluster: requests go to the master of each key's slot; the slot layout
+    /// is read again after a failure.
+    Cluster(cluster::Cluster),
 }
 
 impl RedisDupefilter {
@@ -140,14 +141,14 @@ impl RedisDupefilter {
                 ))))
             }
             [url] => {
-                let node = connect_node(url).await?;
+                let node = connect_node(*url).await?;
                 if is_cluster_node(&node).await? {
-                    connect_cluster(&urls).await?
+                    Conn::Cluster(cluster::Cluster::connect(&urls).await?)
                 } else {
                     Conn::Node(node)
                 }
             }
-            _ => connect_cluster(&urls).await?,
+            _ => Conn::Cluster(cluster::Cluster::connect(&urls).await?),
         };
         Ok(RedisDupefilter {
             conn,
@@ -197,12 +198,13 @@ impl RedisDupefilter {
         }
         let mut batch = Batch::new(&self.conn);
         for &(fp, depth) in fps {
+            let key = self.key(fp);
             let mut cmd = redis::cmd("SMISMEMBER");
-            cmd.arg(self.key(fp));
+            cmd.arg(&key);
             for d in 0..=depth.min(MAX_TRACKED_DEPTH) {
                 cmd.arg(member(fp, d));
             }
-            batch.add(fp, cmd, true);
+            batch.add(&key, cmd, true);
         }
         let found = batch.query().await?;
         Ok(found.iter().map(|at| at.iter().any(|&x| x)).collect())
@@ -223,20 +225,22 @@ impl RedisDupefilter {
             .iter()
             .filter(|(_, d)| *d < deepest)
             .collect();
-        // Asked before the adds (in each bucket's pipeline), so an URL's own new
-        // member does not count.
+        // Asked before the adds (also in each master's pipeline on a cluster), so an
+        // URL's own new member does not count.
         for &&(fp, depth) in &asked {
+            let key = self.key(fp);
             let mut cmd = redis::cmd("SMISMEMBER");
-            cmd.arg(self.key(fp));
+            cmd.arg(&key);
             for d in depth + 1..=deepest {
                 cmd.arg(member(fp, d));
             }
-            batch.add(fp, cmd, true);
+            batch.add(&key, cmd, true);
         }
         for &(fp, depth) in fps {
+            let key = self.key(fp);
             let mut cmd = redis::cmd("SADD");
-            cmd.arg(self.key(fp)).arg(member(fp, depth));
-            batch.add(fp, cmd, false);
+            cmd.arg(&key).arg(member(fp, depth));
+            batch.add(&key, cmd, false);
         }
         let found = batch.query().await?;
         Ok(found.iter().filter(|at| at.iter().any(|&x| x)).count() as u64)
@@ -247,7 +251,7 @@ impl RedisDupefilter {
     }
 }
 
-async fn connect_node(url: &str) -> Result<ConnectionManager, Error> {
+async fn connect_node(url: impl IntoConnectionInfo) -> Result<ConnectionManager, Error> {
     let client = redis::Client::open(url)?;
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(CONNECTION_TIMEOUT)
@@ -278,57 +282,26 @@ async fn is_cluster_node(node: &ConnectionManager) -> Result<bool, Error> {
     }
 }
 
-async fn connect_cluster(urls: &[&str]) -> Result<Conn, Error> {
-    let client = redis::cluster::ClusterClientBuilder::new(urls.to_vec())
-        .connection_timeout(CONNECTION_TIMEOUT)
-        .response_timeout(RESPONSE_TIMEOUT)
-        // Few, short retries (redirects and reconnects count): the parser holds its
-        // page and asks again, so a master that is down must not stall a request for
-        // minutes (the default is 16 retries, up to 11 minutes apart).
-        .retries(3)
-        .min_retry_wait(50)
-        .max_retry_wait(1_000)
-        .retry_wait_formula(100, 2)
-        .build()?;
-    let conn = client.get_async_connection().await?;
-    tracing::info!(
-        seed_nodes = urls.len(),
-        "redis dupefilter on a redis cluster"
-    );
-    Ok(Conn::Cluster(conn))
-}
-
 const CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Commands on bucket keys, sent together in one round trip: one pipeline on a single
-/// server; on a cluster one pipeline per bucket (a cluster pipeline must stay in one
-/// hash slot; each bucket key is in its own), all in flight at once.
+/// server; on a cluster one pipeline per master, all in flight at once.
 enum Batch {
     Node(ConnectionManager, redis::Pipeline),
-    Cluster {
-        conn: ClusterConnection,
-        /// Per bucket: its pipeline and where its commands' replies go in the answer.
-        pipes: HashMap<u64, (redis::Pipeline, Vec<usize>)>,
-        replies: usize,
-    },
+    Cluster(cluster::Cluster, Vec<cluster::KeyCmd>),
 }
 
 impl Batch {
     fn new(conn: &Conn) -> Batch {
         match conn {
             Conn::Node(conn) => Batch::Node(conn.clone(), redis::pipe()),
-            Conn::Cluster(conn) => Batch::Cluster {
-                conn: conn.clone(),
-                pipes: HashMap::new(),
-                replies: 0,
-            },
+            Conn::Cluster(cluster) => Batch::Cluster(cluster.clone(), Vec::new()),
         }
     }
 
-    /// Adds `cmd`, on the key of `fp`'s bucket; `reply`: its reply is part of the
-    /// answer (else ignored).
-    fn add(&mut self, fp: u64, cmd: redis::Cmd, reply: bool) {
+    /// Adds `cmd`, on `key`; `reply`: its reply is part of the answer (else ignored).
+    fn add(&mut self, key: &str, cmd: redis::Cmd, reply: bool) {
         match self {
             Batch::Node(_, pipe) => {
                 pipe.add_command(cmd);
@@ -336,16 +309,11 @@ impl Batch {
                     pipe.ignore();
                 }
             }
-            Batch::Cluster { pipes, replies, .. } => {
-                let (pipe, at) = pipes.entry(bucket(fp)).or_default();
-                pipe.add_command(cmd);
-                if reply {
-                    at.push(*replies);
-                    *replies += 1;
-                } else {
-                    pipe.ignore();
-                }
-            }
+            Batch::Cluster(_, cmds) => cmds.push(cluster::KeyCmd {
+                slot: cluster::slot(key.as_bytes()),
+                cmd,
+                reply,
+            }),
         }
     }
 
@@ -353,26 +321,7 @@ impl Batch {
     async fn query(self) -> Result<Vec<Vec<bool>>, Error> {
         match self {
             Batch::Node(mut conn, pipe) => Ok(pipe.query_async(&mut conn).await?),
-            Batch::Cluster {
-                conn,
-                pipes,
-                replies,
-            } => {
-                let sent = pipes.into_values().map(|(pipe, at)| {
-                    let mut conn = conn.clone();
-                    async move {
-                        let found: Vec<Vec<bool>> = pipe.query_async(&mut conn).await?;
-                        Ok::<_, Error>((at, found))
-                    }
-                });
-                let mut answer = vec![Vec::new(); replies];
-                for (at, found) in futures::future::try_join_all(sent).await? {
-                    for (i, reply) in at.into_iter().zip(found) {
-                        answer[i] = reply;
-                    }
-                }
-                Ok(answer)
-            }
+            Batch::Cluster(cluster, cmds) => cluster.query(&cmds).await,
         }
     }
 }

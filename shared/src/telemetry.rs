@@ -17,8 +17,8 @@ pub type Labels = Vec<(String, String)>;
 
 /// Set up `tracing` from `RUST_LOG` (default `info`); `JETCRAWL_LOG_FORMAT=json` for JSON.
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_new(log_filter(std::env::var("RUST_LOG").ok()))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log_filter(None)));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -27,18 +27,6 @@ pub fn init_tracing() {
     } else {
         builder.try_init()
     };
-}
-
-/// The filter for `RUST_LOG`'s value. redis-rs' cluster client warns for every request
-/// it cannot send to a master that is down, hundreds a second; the parser already warns
-/// once per page it holds. So, unless `RUST_LOG` names redis, only its errors.
-fn log_filter(rust_log: Option<String>) -> String {
-    let spec = rust_log.unwrap_or_else(|| "info".to_string());
-    if spec.contains("redis") {
-        spec
-    } else {
-        format!("{spec},redis::cluster_handling=error")
-    }
 }
 
 /// Every metric jetcrawl exports; cheap to clone.
@@ -386,22 +374,6 @@ pub async fn serve_metrics(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redis_cluster_client_warnings_are_quiet_unless_asked_for() {
-        assert_eq!(log_filter(None), "info,redis::cluster_handling=error");
-        assert_eq!(
-            log_filter(Some("debug,async_nats=warn".into())),
-            "debug,async_nats=warn,redis::cluster_handling=error"
-        );
-        assert_eq!(
-            log_filter(Some("info,redis=debug".into())),
-            "info,redis=debug"
-        );
-        for spec in [None, Some("warn".to_string())] {
-            assert!(tracing_subscriber::EnvFilter::try_new(log_filter(spec)).is_ok());
-        }
-    }
 
     #[test]
     fn metrics_render_with_prefix() {
