@@ -2,8 +2,8 @@
 //! (`scripts/bench.sh`, or `cargo run --release -p jetcrawl-bench --bin <name>`).
 //!
 //! Layout: `crawl_state` (is a crawl finished: FRONTIER empty, nothing pending or
-//! unacked) · `servers` (throwaway nats-server and redis-server on free loopback ports;
-//! the integration tests use them too) · `demo_site` (the deterministic e-commerce
+//! unacked) · `servers` (throwaway nats-server and redis-server on free loopback ports,
+//! and a 3-master Redis Cluster; the integration tests use them too) · `demo_site` (the deterministic e-commerce
 //! site crawled by the benchmarks, crate `jetcrawl-demo-site`; `bin/demo-site` serves it) · `procs` (CPU time and
 //! memory of processes, from /proc) · `stack` (one benchmark run: servers, a fresh
 //! PostgreSQL database, the `jetcrawl` processes) · `bin/bench` (the crawl, sink,
