@@ -16,7 +16,9 @@ use crate::{services, Common};
 pub struct ReplayArgs {
     #[command(flatten)]
     common: Common,
-    /// Redis for the URL dupefilter (links the new rules find go through it).
+    /// Redis for the URL dupefilter (links the new rules find go through it). A Redis
+    /// Cluster: its nodes comma-separated (`redis://a:7000,redis://b:7000`), or any
+    /// one node's URL.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
     /// Pages stored since: an RFC 3339 time, or an age such as 90s, 30m, 6h, 7d.

@@ -36,7 +36,8 @@ pub struct FetcherArgs {
 pub struct ParserArgs {
     #[command(flatten)]
     common: Common,
-    /// Redis for the URL dupefilter.
+    /// Redis for the URL dupefilter. A Redis Cluster: its nodes comma-separated
+    /// (`redis://a:7000,redis://b:7000`), or any one node's URL.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
     /// Pages parsed at once in this process.

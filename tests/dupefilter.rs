@@ -1,7 +1,9 @@
 //! The dupefilter's depth rule, on both backends: Redis (a real redis-server the test
-//! starts) and the in-memory one the embedded mode uses.
+//! starts, or a 3-master Redis Cluster) and the in-memory one the embedded mode uses.
 
-use jetcrawl_bench::servers::RedisServer;
+use std::time::{Duration, Instant};
+
+use jetcrawl_bench::servers::{RedisCluster, RedisServer};
 use jetcrawl_shared::dupefilter::{Dupefilter, MemoryDupefilter, RedisDupefilter};
 
 async fn suite(df: Dupefilter, backend: &str) {
@@ -46,6 +48,127 @@ async fn depth_rule_on_redis_and_in_memory() {
     let df = RedisDupefilter::connect(&redis.url(), "dftest")
         .await
         .unwrap();
+    assert!(!df.is_cluster(), "a plain redis-server is one server");
     suite(Dupefilter::Redis(df), "redis").await;
     suite(Dupefilter::Memory(MemoryDupefilter::default()), "memory").await;
+}
+
+/// The same rule on a Redis Cluster, reached through every node listed or through any
+/// one node (found to be a cluster node by `INFO cluster`).
+#[tokio::test]
+async fn depth_rule_on_a_redis_cluster() {
+    let cluster = RedisCluster::start().await;
+    let listed = RedisDupefilter::connect(&cluster.url(), "dftest")
+        .await
+        .unwrap();
+    assert!(listed.is_cluster());
+    suite(Dupefilter::Redis(listed), "redis cluster, all nodes listed").await;
+    let one = RedisDupefilter::connect(&cluster.node_urls()[2], "dftest2")
+        .await
+        .unwrap();
+    assert!(one.is_cluster(), "one node's URL is detected as a cluster");
+    suite(Dupefilter::Redis(one), "redis cluster, one node's URL").await;
+}
+
+/// On a cluster the buckets spread over every master, and each check or add, whose
+/// fingerprints fall in buckets on all of them, still answers exactly.
+#[tokio::test]
+async fn buckets_spread_over_every_master() {
+    let cluster = RedisCluster::start().await;
+    let df = Dupefilter::Redis(
+        RedisDupefilter::connect(&cluster.url(), "spread")
+            .await
+            .unwrap(),
+    );
+    let fps: Vec<u64> = (0..20_000u64)
+        .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        .collect();
+    for batch in fps.chunks(50) {
+        let batch: Vec<(u64, u32)> = batch.iter().map(|&fp| (fp, (fp % 5) as u32)).collect();
+        assert!(df.check(&batch).await.unwrap().iter().all(|&seen| !seen));
+        df.add(&batch).await.unwrap();
+    }
+    for batch in fps.chunks(500) {
+        let batch: Vec<(u64, u32)> = batch.iter().map(|&fp| (fp, 4)).collect();
+        assert!(
+            df.check(&batch).await.unwrap().iter().all(|&seen| seen),
+            "an added fingerprint checked as new"
+        );
+    }
+    let buckets: std::collections::BTreeSet<u64> = fps.iter().map(|fp| fp >> 48).collect();
+    let keys = cluster.count_keys("jetcrawl:spread:df:*").await;
+    assert_eq!(
+        keys.iter().sum::<u64>(),
+        buckets.len() as u64,
+        "one key per bucket, over the masters {keys:?}"
+    );
+    for (i, &n) in keys.iter().enumerate() {
+        let share = n as f64 / buckets.len() as f64;
+        assert!(
+            (0.28..0.39).contains(&share),
+            "master {i} holds {n} of {} bucket keys (per master: {keys:?})",
+            buckets.len()
+        );
+    }
+}
+
+/// With a master down, requests fail soon (the parser holds its page and asks again)
+/// rather than hang, and a parser can still connect; once the master is back, empty,
+/// both connections answer again: what the other masters hold is still seen, what the
+/// restarted one held is news.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_down_fails_requests_until_it_is_back() {
+    let mut cluster = RedisCluster::start().await;
+    let df = Dupefilter::Redis(
+        RedisDupefilter::connect(&cluster.url(), "down")
+            .await
+            .unwrap(),
+    );
+    let fps: Vec<(u64, u32)> = (0..300u64)
+        .map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15), 0))
+        .collect();
+    df.add(&fps).await.unwrap();
+
+    cluster.kill(1);
+    let started = Instant::now();
+    let down = df.check(&fps).await;
+    assert!(down.is_err(), "a check answered with a master down");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "a check took {:?} to fail",
+        started.elapsed()
+    );
+    let started_while_down = tokio::time::timeout(
+        Duration::from_secs(30),
+        RedisDupefilter::connect(&cluster.url(), "down"),
+    )
+    .await
+    .expect("connecting hung with a master down")
+    .expect("a parser connects while one master is down");
+    let started_while_down = Dupefilter::Redis(started_while_down);
+    assert!(started_while_down.check(&fps).await.is_err());
+
+    cluster.restart(1).await;
+    for (df, which) in [
+        (&df, "connected before"),
+        (&started_while_down, "connected while down"),
+    ] {
+        let started = Instant::now();
+        let seen = loop {
+            match df.check(&fps).await {
+                Ok(seen) => break seen,
+                Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                    eprintln!("{which}: not yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("{which}: still failing 30 s after the restart: {e}"),
+            }
+        };
+        let n = seen.iter().filter(|&&s| s).count();
+        assert!(
+            (fps.len() / 2..fps.len() * 5 / 6).contains(&n),
+            "{which}: {n} of {} seen; the other two masters' share (about 2/3) should be",
+            fps.len()
+        );
+    }
 }

@@ -166,7 +166,28 @@ async fn assert_service_endpoints(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_crawl_two_fetchers() {
-    let h = Harness::start(HarnessOptions::default()).await;
+    full_crawl(&Harness::start(HarnessOptions::default()).await).await;
+}
+
+/// The same crawl with the dupefilter on a 3-master Redis Cluster: the same items, each
+/// page fetched once, and the crawl's dupefilter buckets on every master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_crawl_on_a_redis_cluster() {
+    let h = Harness::start_on_redis_cluster(HarnessOptions::default()).await;
+    full_crawl(&h).await;
+    let cluster = h.redis_cluster.as_ref().expect("a cluster");
+    let keys = cluster
+        .count_keys(&format!("jetcrawl:{}:df:*", h.crawl))
+        .await;
+    assert!(
+        keys.iter().all(|&n| n > 0),
+        "dupefilter keys per master: {keys:?}"
+    );
+}
+
+/// Two fetchers, a parser and a sink crawl the whole site: every item, each page once,
+/// `status`, metrics and probes as an operator sees them after the crawl.
+async fn full_crawl(h: &Harness) {
     let mut fetcher1 = h.spawn(Role::Fetcher);
     let mut fetcher2 = h.spawn(Role::Fetcher);
     let mut parser = h.spawn(Role::Parser);

@@ -429,6 +429,15 @@ async fn wait_for_a_fifth(h: &Harness, total: i64) {
 enum Server {
     Nats,
     Redis,
+    /// The second of three masters of a Redis Cluster holding the dupefilter.
+    RedisClusterMaster,
+}
+
+/// The harness's Redis Cluster.
+fn cluster(h: &mut Harness) -> &mut common::RedisCluster {
+    h.redis_cluster
+        .as_mut()
+        .expect("a harness on a redis cluster")
 }
 
 /// Kill `server` at a fifth of the crawl, keep it down for [`OUTAGE`], restart it on
@@ -436,7 +445,17 @@ enum Server {
 /// empty dupefilter, so pages may be fetched again): the services reconnect on their
 /// own and every item is still stored exactly once.
 async fn restart_mid_crawl(server: Server) {
-    let mut h = Harness::start(slow_crawl()).await;
+    let mut h = match server {
+        Server::RedisClusterMaster => Harness::start_on_redis_cluster(slow_crawl()).await,
+        Server::Nats | Server::Redis => Harness::start(slow_crawl()).await,
+    };
+    // A cluster master down for longer than cluster-node-timeout (2 s in the harness):
+    // the other masters mark it failed and refuse every request (no replica took over
+    // its slots), so the whole dupefilter is away, then back.
+    let outage = match server {
+        Server::RedisClusterMaster => OUTAGE * 3,
+        Server::Nats | Server::Redis => OUTAGE,
+    };
     let expected = h.site.expected_items();
     let total = expected.len() as i64;
     let mut services = spawn_pipeline(&h);
@@ -447,16 +466,18 @@ async fn restart_mid_crawl(server: Server) {
     match server {
         Server::Nats => h.nats.kill(),
         Server::Redis => h.redis.kill(),
+        Server::RedisClusterMaster => cluster(&mut h).kill(1),
     }
     let at_kill = h.db.count(&h.crawl).await;
     assert!(
         at_kill < total,
         "the crawl finished before {server:?} was killed ({at_kill}/{total} stored): slow the site down"
     );
-    ride_out(&h, OUTAGE).await;
+    ride_out(&h, outage).await;
     match server {
         Server::Nats => h.nats.restart().await,
         Server::Redis => h.redis.restart().await,
+        Server::RedisClusterMaster => cluster(&mut h).restart(1).await,
     }
 
     wait_idle_healthy(&h, RECOVERY, &format!("{server:?} coming back")).await;
@@ -472,6 +493,11 @@ async fn nats_restart_mid_crawl() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_mid_crawl() {
     restart_mid_crawl(Server::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_master_restart_mid_crawl() {
+    restart_mid_crawl(Server::RedisClusterMaster).await;
 }
 
 /// Services may start in any order, before the servers they need: they wait for NATS

@@ -3,7 +3,7 @@
 //!
 //! Layout: `crawl_state` (is a crawl finished: FRONTIER empty, nothing pending or
 //! unacked) · `servers` (throwaway nats-server and redis-server on free loopback ports;
-//! the integration tests use them too) · `cluster` (a throwaway NATS cluster whose nodes
+//! and a 3-master Redis Cluster; the integration tests use them too) · `cluster` (a throwaway NATS cluster whose nodes
 //! can be killed and restarted, and that names its leaders) · `demo_site` (the
 //! deterministic e-commerce site crawled by the benchmarks, crate `jetcrawl-demo-site`;
 //! `bin/demo-site` serves it) · `procs` (CPU time and memory of processes, from /proc) ·

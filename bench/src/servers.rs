@@ -15,6 +15,8 @@ use tempfile::TempDir;
 
 /// Three (or more) nodes with routes between them: see [`crate::cluster`].
 pub use crate::cluster::NatsCluster;
+mod redis_cluster;
+pub use redis_cluster::RedisCluster;
 
 /// How long a server gets to start answering.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -314,23 +316,33 @@ pub struct RedisServer {
     bin: OsString,
     port: u16,
     dir: TempDir,
+    /// More command-line arguments (a cluster node's settings), the same on restarts.
+    args: Vec<OsString>,
     child: Option<Child>,
 }
 
 impl RedisServer {
     /// Starts a server and waits for PING.
     pub async fn start() -> RedisServer {
+        RedisServer::start_with(|_| Vec::new()).await
+    }
+
+    /// [`RedisServer::start`] with the arguments `args(dir)` adds (`dir`: the server's
+    /// temp dir); called again for each attempt (a port taken meanwhile).
+    async fn start_with(args: impl Fn(&Path) -> Vec<OsString>) -> RedisServer {
         let bin: OsString =
             std::env::var_os("REDIS_SERVER_BIN").unwrap_or_else(|| "redis-server".into());
         let mut last_err = String::new();
         for _ in 0..3 {
+            let dir = tempfile::Builder::new()
+                .prefix("jetcrawl-redis-")
+                .tempdir()
+                .expect("temp dir");
             let mut server = RedisServer {
                 bin: bin.clone(),
                 port: free_port(),
-                dir: tempfile::Builder::new()
-                    .prefix("jetcrawl-redis-")
-                    .tempdir()
-                    .expect("temp dir"),
+                args: args(dir.path()),
+                dir,
                 child: None,
             };
             match server.spawn_and_wait().await {
@@ -364,6 +376,7 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -16,13 +16,23 @@
 //! first reached along a long path and found again along a shorter one is scheduled
 //! again at the shorter depth, and what a depth-limited crawl reaches does not depend
 //! on the order pages were parsed in.
+//!
+//! **Redis Cluster.** Every command touches one bucket key, so the buckets need no hash
+//! tag: each key's whole name is hashed to a slot, and the 65,536 buckets spread evenly
+//! over the 16,384 slots and so over every master. A batch is one pipeline on a
+//! single server; on a cluster it is one pipeline per master (holding the commands on
+//! the keys of its slots), all sent at once, so a batch is still one round trip. Key
+//! names and bytes per URL are the same on both ([`cluster`] has the client).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use redis::aio::ConnectionManager;
+use redis::IntoConnectionInfo;
 
 use crate::error::Error;
+
+mod cluster;
 
 const BUCKET_BITS: u32 = 16;
 const MEMBER_MASK: u64 = (1u64 << (64 - BUCKET_BITS)) - 1;
@@ -98,27 +108,57 @@ impl Dupefilter {
 /// The Redis dupefilter (see the module doc for the layout).
 #[derive(Clone)]
 pub struct RedisDupefilter {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
 }
 
+/// How the dupefilter reaches Redis.
+#[derive(Clone)]
+enum Conn {
+    /// One server (the connection manager reconnects by itself after failures).
+    Node(ConnectionManager),
+    /// A Redis Cluster: requests go to the master of each key's slot; the slot layout
+    /// is read again after a failure.
+    Cluster(cluster::Cluster),
+}
+
 impl RedisDupefilter {
-    /// Connect (the connection manager reconnects by itself after failures).
+    /// Connect to `redis_url`: one `redis://` URL, or several comma-separated (nodes of
+    /// one Redis Cluster, tried in turn for its layout). A single URL naming a node of a
+    /// cluster (`cluster_enabled:1` in `INFO cluster`) is used as the cluster's entry
+    /// point.
     pub async fn connect(redis_url: &str, crawl: &str) -> Result<Self, Error> {
-        let client = redis::Client::open(redis_url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(std::time::Duration::from_secs(5))
-            .set_response_timeout(std::time::Duration::from_secs(10))
-            .set_number_of_retries(2)
-            // redis-rs' default backoff factor (100 on a 1 s base) makes the second
-            // reconnect wait a minute or more: a short Redis blip would stall parsing.
-            .set_factor(1)
-            .set_max_delay(1_000);
-        let conn = ConnectionManager::new_with_config(client, config).await?;
+        let urls: Vec<&str> = redis_url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        let conn = match urls.as_slice() {
+            [] => {
+                return Err(Error::Redis(redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "no Redis URL given",
+                ))))
+            }
+            [url] => {
+                let node = connect_node(*url).await?;
+                if is_cluster_node(&node).await? {
+                    Conn::Cluster(cluster::Cluster::connect(&urls).await?)
+                } else {
+                    Conn::Node(node)
+                }
+            }
+            _ => Conn::Cluster(cluster::Cluster::connect(&urls).await?),
+        };
         Ok(RedisDupefilter {
             conn,
             prefix: format!("jetcrawl:{crawl}:df:"),
         })
+    }
+
+    /// Whether this dupefilter talks to a Redis Cluster (rather than one server).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
     }
 
     /// Connect, retrying with backoff while Redis is unreachable (a parser may start
@@ -149,23 +189,24 @@ impl RedisDupefilter {
     }
 
     fn key(&self, fp: u64) -> String {
-        let bucket = fp >> (64 - BUCKET_BITS);
-        format!("{}{bucket:04x}", self.prefix)
+        format!("{}{:04x}", self.prefix, bucket(fp))
     }
 
     async fn check(&self, fps: &[Seen]) -> Result<Vec<bool>, Error> {
         if fps.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::new(&self.conn);
         for &(fp, depth) in fps {
-            let cmd = pipe.cmd("SMISMEMBER").arg(self.key(fp));
+            let key = self.key(fp);
+            let mut cmd = redis::cmd("SMISMEMBER");
+            cmd.arg(&key);
             for d in 0..=depth.min(MAX_TRACKED_DEPTH) {
                 cmd.arg(member(fp, d));
             }
+            batch.add(&key, cmd, true);
         }
-        let mut conn = self.conn.clone();
-        let found: Vec<Vec<bool>> = pipe.query_async(&mut conn).await?;
+        let found = batch.query().await?;
         Ok(found.iter().map(|at| at.iter().any(|&x| x)).collect())
     }
 
@@ -179,32 +220,115 @@ impl RedisDupefilter {
             return Ok(0);
         }
         let deepest = deepest.min(MAX_TRACKED_DEPTH);
-        let mut pipe = redis::pipe();
+        let mut batch = Batch::new(&self.conn);
         let asked: Vec<&Seen> = fps[..ask.min(fps.len())]
             .iter()
             .filter(|(_, d)| *d < deepest)
             .collect();
-        // Asked before the adds, so an URL's own new member does not count.
+        // Asked before the adds (also in each master's pipeline on a cluster), so an
+        // URL's own new member does not count.
         for &&(fp, depth) in &asked {
-            let cmd = pipe.cmd("SMISMEMBER").arg(self.key(fp));
+            let key = self.key(fp);
+            let mut cmd = redis::cmd("SMISMEMBER");
+            cmd.arg(&key);
             for d in depth + 1..=deepest {
                 cmd.arg(member(fp, d));
             }
+            batch.add(&key, cmd, true);
         }
         for &(fp, depth) in fps {
-            pipe.cmd("SADD")
-                .arg(self.key(fp))
-                .arg(member(fp, depth))
-                .ignore();
+            let key = self.key(fp);
+            let mut cmd = redis::cmd("SADD");
+            cmd.arg(&key).arg(member(fp, depth));
+            batch.add(&key, cmd, false);
         }
-        let mut conn = self.conn.clone();
-        let found: Vec<Vec<bool>> = pipe.query_async(&mut conn).await?;
+        let found = batch.query().await?;
         Ok(found.iter().filter(|at| at.iter().any(|&x| x)).count() as u64)
     }
 
     async fn add(&self, fps: &[Seen]) -> Result<(), Error> {
         self.add_counting_deeper(fps, 0, 0).await.map(|_| ())
     }
+}
+
+async fn connect_node(url: impl IntoConnectionInfo) -> Result<ConnectionManager, Error> {
+    let client = redis::Client::open(url)?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(CONNECTION_TIMEOUT)
+        .set_response_timeout(RESPONSE_TIMEOUT)
+        .set_number_of_retries(2)
+        // redis-rs' default backoff factor (100 on a 1 s base) makes the second
+        // reconnect wait a minute or more: a short Redis blip would stall parsing.
+        .set_factor(1)
+        .set_max_delay(1_000);
+    Ok(ConnectionManager::new_with_config(client, config).await?)
+}
+
+/// Whether the server is a node of a Redis Cluster. A server that does not answer
+/// `INFO cluster` (a proxy, a user without the permission) is taken as a single one.
+async fn is_cluster_node(node: &ConnectionManager) -> Result<bool, Error> {
+    let mut node = node.clone();
+    match redis::cmd("INFO")
+        .arg("cluster")
+        .query_async::<String>(&mut node)
+        .await
+    {
+        Ok(info) => Ok(info.lines().any(|l| l.trim_end() == "cluster_enabled:1")),
+        Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => Err(e.into()),
+        Err(e) => {
+            tracing::info!(error = %e, "no answer to INFO cluster: taking redis as a single server");
+            Ok(false)
+        }
+    }
+}
+
+const CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Commands on bucket keys, sent together in one round trip: one pipeline on a single
+/// server; on a cluster one pipeline per master, all in flight at once.
+enum Batch {
+    Node(ConnectionManager, redis::Pipeline),
+    Cluster(cluster::Cluster, Vec<cluster::KeyCmd>),
+}
+
+impl Batch {
+    fn new(conn: &Conn) -> Batch {
+        match conn {
+            Conn::Node(conn) => Batch::Node(conn.clone(), redis::pipe()),
+            Conn::Cluster(cluster) => Batch::Cluster(cluster.clone(), Vec::new()),
+        }
+    }
+
+    /// Adds `cmd`, on `key`; `reply`: its reply is part of the answer (else ignored).
+    fn add(&mut self, key: &str, cmd: redis::Cmd, reply: bool) {
+        match self {
+            Batch::Node(_, pipe) => {
+                pipe.add_command(cmd);
+                if !reply {
+                    pipe.ignore();
+                }
+            }
+            Batch::Cluster(_, cmds) => cmds.push(cluster::KeyCmd {
+                slot: cluster::slot(key.as_bytes()),
+                cmd,
+                reply,
+            }),
+        }
+    }
+
+    /// Sends the batch: the replies wanted, in the order their commands were added.
+    async fn query(self) -> Result<Vec<Vec<bool>>, Error> {
+        match self {
+            Batch::Node(mut conn, pipe) => Ok(pipe.query_async(&mut conn).await?),
+            Batch::Cluster(cluster, cmds) => cluster.query(&cmds).await,
+        }
+    }
+}
+
+/// A fingerprint's bucket: its top 16 bits.
+fn bucket(fp: u64) -> u64 {
+    fp >> (64 - BUCKET_BITS)
 }
 
 /// The set member for a fingerprint's low bits at a depth.

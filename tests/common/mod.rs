@@ -33,7 +33,7 @@ use tempfile::TempDir;
 pub use catalogue::ExpectedItem;
 pub use db::{StoredItem, TestDb};
 pub use proxy::TcpProxy;
-pub use servers::{NatsCluster, NatsServer, RedisServer};
+pub use servers::{NatsCluster, NatsServer, RedisCluster, RedisServer};
 pub use service::{Role, Service, ServiceSpec, ServiceState};
 pub use site::{Site, SiteOptions};
 
@@ -196,6 +196,9 @@ pub struct Harness<N: Nats = NatsServer> {
     pub site: Site,
     pub nats: N,
     pub redis: RedisServer,
+    /// When set ([`Harness::start_on_redis_cluster`]), the services' dupefilter is on
+    /// this cluster instead of on `redis`.
+    pub redis_cluster: Option<RedisCluster>,
     pub db: TestDb,
     dir: TempDir,
 }
@@ -206,6 +209,14 @@ impl Harness {
         Harness::start_with(options, SpiderExtras::default()).await
     }
 
+    /// [`Harness::start`], with the services' dupefilter on a 3-master Redis Cluster.
+    pub async fn start_on_redis_cluster(options: HarnessOptions) -> Harness {
+        let (mut h, cluster) = tokio::join!(Harness::start(options), RedisCluster::start());
+        h.logs.server_logs.extend(cluster.log_paths());
+        h.redis_cluster = Some(cluster);
+        h
+    }
+
     /// [`Harness::start`], with `extras` in the spider file.
     pub async fn start_with(options: HarnessOptions, extras: SpiderExtras) -> Harness {
         Harness::start_on(options, extras, NatsServer::start()).await
@@ -213,6 +224,14 @@ impl Harness {
 }
 
 impl<N: Nats> Harness<N> {
+    /// The `REDIS_URL` the services get: the cluster's nodes, if there is one.
+    pub fn redis_url(&self) -> String {
+        match &self.redis_cluster {
+            Some(cluster) => cluster.url(),
+            None => self.redis.url(),
+        }
+    }
+
     /// [`Harness::start_with`] on the NATS `nats` starts (e.g. [`NatsCluster::start`]).
     pub async fn start_on(
         options: HarnessOptions,
@@ -254,6 +273,7 @@ impl<N: Nats> Harness<N> {
             site,
             nats,
             redis,
+            redis_cluster: None,
             db,
             dir,
         }
@@ -286,7 +306,7 @@ impl<N: Nats> Harness<N> {
             self.nats.url(),
         ];
         match subcommand {
-            "parser" | "replay" => args.extend(["--redis-url".to_string(), self.redis.url()]),
+            "parser" | "replay" => args.extend(["--redis-url".to_string(), self.redis_url()]),
             "sink" | "init" => {
                 args.extend(["--database-url".to_string(), database_url.to_string()])
             }
@@ -294,7 +314,7 @@ impl<N: Nats> Harness<N> {
         }
         let env = vec![
             ("NATS_URL".to_string(), self.nats.url()),
-            ("REDIS_URL".to_string(), self.redis.url()),
+            ("REDIS_URL".to_string(), self.redis_url()),
             ("DATABASE_URL".to_string(), database_url.to_string()),
             (
                 "RUST_LOG".to_string(),

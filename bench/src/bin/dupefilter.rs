@@ -7,6 +7,9 @@
 //! `OBJECT ENCODING` of sampled keys, and an exactness check: a sample of the inserted
 //! fingerprints must all check as seen, fresh ones as unseen.
 //!
+//! With `--cluster`, the same against a 3-master Redis Cluster (memory, keys and the
+//! key sample summed over the masters).
+//!
 //! `cargo run --release -p jetcrawl-bench --bin dupefilter -- --sizes 1000000,10000000`
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,7 +23,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::aio::MultiplexedConnection;
 
-use jetcrawl_bench::servers::RedisServer;
+use jetcrawl_bench::servers::{RedisCluster, RedisServer};
 use jetcrawl_shared::dupefilter::{Dupefilter, RedisDupefilter};
 
 /// Buckets of the Redis layout (top 16 bits of a fingerprint; see the dupefilter module).
@@ -50,6 +53,51 @@ struct Args {
     /// Seed of the fingerprint generator.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Against a Redis Cluster of 3 masters instead of one redis-server.
+    #[arg(long)]
+    cluster: bool,
+}
+
+/// The servers of one size's run: dropped (killed, temp dirs removed) after it.
+enum Servers {
+    One(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Servers {
+    async fn start(cluster: bool) -> Servers {
+        if cluster {
+            Servers::Cluster(RedisCluster::start().await)
+        } else {
+            Servers::One(RedisServer::start().await)
+        }
+    }
+
+    /// What the dupefilter connects to.
+    fn url(&self) -> String {
+        match self {
+            Servers::One(s) => s.url(),
+            Servers::Cluster(c) => c.url(),
+        }
+    }
+
+    /// One connection per server (per master), for INFO and key sampling.
+    async fn connections(&self) -> Result<Vec<MultiplexedConnection>> {
+        let urls = match self {
+            Servers::One(s) => vec![s.url()],
+            Servers::Cluster(c) => c.node_urls(),
+        };
+        let mut conns = Vec::new();
+        for url in urls {
+            conns.push(
+                redis::Client::open(url)?
+                    .get_multiplexed_async_connection()
+                    .await
+                    .context("connect to redis-server")?,
+            );
+        }
+        Ok(conns)
+    }
 }
 
 /// What one size measured.
@@ -97,16 +145,16 @@ async fn main() -> Result<()> {
     let mut server_info = String::new();
     for &n in &args.sizes {
         eprintln!("n = {n}: starting redis-server");
-        let redis = RedisServer::start().await;
-        let mut conn = redis::Client::open(redis.url())?
-            .get_multiplexed_async_connection()
-            .await
-            .context("connect to redis-server")?;
+        let redis = Servers::start(args.cluster).await;
+        let mut conns = redis.connections().await?;
         if server_info.is_empty() {
-            server_info = describe_server(&mut conn).await?;
+            server_info = describe_server(&mut conns[0]).await?;
+            if args.cluster {
+                server_info = format!("a cluster of {} masters, {server_info}", conns.len());
+            }
         }
-        reports.push(run_one(&args, n, &redis, &mut conn).await?);
-        // `redis` drops here: the server is killed and its temp dir removed.
+        reports.push(run_one(&args, n, &redis.url(), &mut conns).await?);
+        // `redis` drops here: the servers are killed and their temp dirs removed.
     }
     print_table(&args, &server_info, &reports);
     Ok(())
@@ -129,12 +177,12 @@ async fn describe_server(conn: &mut MultiplexedConnection) -> Result<String> {
 async fn run_one(
     args: &Args,
     n: usize,
-    redis: &RedisServer,
-    conn: &mut MultiplexedConnection,
+    redis_url: &str,
+    conns: &mut [MultiplexedConnection],
 ) -> Result<Report> {
     let crawl = format!("bench{n}");
     let df = Dupefilter::Redis(
-        RedisDupefilter::connect(&redis.url(), &crawl)
+        RedisDupefilter::connect(redis_url, &crawl)
             .await
             .context("connect the dupefilter")?,
     );
@@ -142,14 +190,19 @@ async fn run_one(
     let fps: Arc<Vec<u64>> = Arc::new((0..n).map(|_| rng.random::<u64>()).collect());
     let max_bucket = max_bucket(&fps);
 
-    let used_before = used_memory(conn).await?;
+    let used_before = used_memory(conns).await?;
     eprintln!("n = {n}: check+add in batches of {}", args.batch);
     let started = Instant::now();
     let seen_at_insert = check_then_add(&df, &fps, args).await?;
     let insert = started.elapsed();
-    let used_after = used_memory(conn).await?;
-    let keys: u64 = redis::cmd("DBSIZE").query_async(conn).await?;
-    let sample = sample_keys(conn, args.key_sample).await?;
+    let used_after = used_memory(conns).await?;
+    let mut keys = 0u64;
+    let mut sample = KeySample::default();
+    let per_server = args.key_sample.div_ceil(conns.len());
+    for conn in conns.iter_mut() {
+        keys += redis::cmd("DBSIZE").query_async::<u64>(conn).await?;
+        sample_keys(conn, per_server, &mut sample).await?;
+    }
 
     eprintln!("n = {n}: verifying");
     let step = (n / args.verify_sample.max(1)).max(1);
@@ -276,11 +329,16 @@ fn max_bucket(fps: &[u64]) -> usize {
     counts.into_iter().max().unwrap_or(0)
 }
 
-async fn used_memory(conn: &mut MultiplexedConnection) -> Result<u64> {
-    let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
-    info_field(&info, "used_memory")
-        .and_then(|v| v.parse().ok())
-        .context("INFO memory has no used_memory")
+/// `used_memory` summed over the servers.
+async fn used_memory(conns: &mut [MultiplexedConnection]) -> Result<u64> {
+    let mut total = 0;
+    for conn in conns {
+        let info: String = redis::cmd("INFO").arg("memory").query_async(conn).await?;
+        total += info_field(&info, "used_memory")
+            .and_then(|v| v.parse::<u64>().ok())
+            .context("INFO memory has no used_memory")?;
+    }
+    Ok(total)
 }
 
 fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
@@ -290,8 +348,12 @@ fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// Up to `want` distinct keys by RANDOMKEY, each measured.
-async fn sample_keys(conn: &mut MultiplexedConnection, want: usize) -> Result<KeySample> {
+/// Up to `want` distinct keys of one server by RANDOMKEY, each measured into `sample`.
+async fn sample_keys(
+    conn: &mut MultiplexedConnection,
+    want: usize,
+    sample: &mut KeySample,
+) -> Result<()> {
     let mut keys = BTreeSet::new();
     for _ in 0..want.saturating_mul(3) {
         if keys.len() >= want {
@@ -303,7 +365,6 @@ async fn sample_keys(conn: &mut MultiplexedConnection, want: usize) -> Result<Ke
             None => break,
         };
     }
-    let mut sample = KeySample::default();
     for key in &keys {
         let bytes: u64 = redis::cmd("MEMORY")
             .arg("USAGE")
@@ -323,7 +384,7 @@ async fn sample_keys(conn: &mut MultiplexedConnection, want: usize) -> Result<Ke
         sample.members += members;
         *sample.encodings.entry(encoding).or_default() += 1;
     }
-    Ok(sample)
+    Ok(())
 }
 
 fn print_table(args: &Args, server: &str, reports: &[Report]) {
