@@ -145,12 +145,24 @@ impl Setup {
     where
         Fut: std::future::Future<Output = Disposition> + Send + 'static,
     {
+        self.consume_with(self.options(max_in_flight), decide)
+    }
+
+    /// [`Setup::consume`] with options of its own.
+    fn consume_with<Fut>(
+        &self,
+        options: ConsumeOptions,
+        decide: impl Fn(String, i64, CancellationToken) -> Fut + Send + Sync + 'static,
+    ) -> Loop
+    where
+        Fut: std::future::Future<Output = Disposition> + Send + 'static,
+    {
         let (stop, seen) = (CancellationToken::new(), Seen::default());
         let (handler_stop, handler_seen) = (stop.clone(), seen.clone());
         let task = tokio::spawn(consume::consume(
             self.js.clone(),
             self.spider.clone(),
-            self.options(max_in_flight),
+            options,
             Metrics::new(),
             stop.clone(),
             move |msg| {
@@ -362,4 +374,57 @@ async fn messages_handed_back_at_a_stop_do_not_bounce_back_to_it() {
             "{p}: handed back once, it is on its second delivery"
         );
     }
+}
+
+/// Log lines written by this test process (each test runs in a process of its own).
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A consumer whose unacked limit is filled by another process's held messages
+/// delivers nothing to a stage with room: the stage says so, with the consumer's state,
+/// instead of sitting idle in silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_starved_by_max_ack_pending_says_so() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .init();
+    let s = setup(30).await;
+    let payloads = numbered(8);
+    let refs: Vec<&str> = payloads.iter().map(String::as_str).collect();
+    s.publish(&refs).await;
+    let limited = ConsumeOptions {
+        max_ack_pending: 4,
+        ..s.options(4)
+    };
+    // Holds four forever: the consumer's limit is reached.
+    let holder = s.consume_with(limited.clone(), |_, _, _| {
+        std::future::pending::<Disposition>()
+    });
+    wait_for("four held", Duration::from_secs(10), || holder.taken() == 4).await;
+    let starved = s.consume_with(limited, |_, _, _| async { Disposition::Ack });
+    let warned = || {
+        String::from_utf8_lossy(&captured.0.lock().unwrap())
+            .lines()
+            .any(|l| {
+                l.contains("nothing delivered although messages are pending")
+                    && l.contains("pending=4")
+            })
+    };
+    wait_for("the starved stage warns", Duration::from_secs(20), warned).await;
+    assert_eq!(starved.taken(), 0, "the limit let nothing through");
+    starved.stop().await;
+    holder.stop().await;
 }

@@ -526,7 +526,9 @@ struct Pull {
     heard: Instant,
     /// When a message last came.
     last_message: Instant,
-    last_warning: Option<Instant>,
+    /// When the consumer's state may next be asked for (at most every 10 s while
+    /// quiet, 30 s after a warning: an idle crawl must not poll the server).
+    next_check: Instant,
     /// The client's connect count when the requests were made.
     connects: u64,
 }
@@ -561,7 +563,7 @@ impl Pull {
             outstanding: 0,
             heard: Instant::now(),
             last_message: Instant::now(),
-            last_warning: None,
+            next_check: Instant::now(),
             connects,
         })
     }
@@ -659,16 +661,13 @@ impl Pull {
     /// Say so when the consumer has messages pending and delivers none to a stage
     /// with room: a dead worker's unacked messages filling `max_ack_pending`, say.
     async fn warn_if_quiet(&mut self, stage: &str) {
-        let quiet = self.last_message.elapsed() >= QUIET_WARNING;
-        let warned_lately = self
-            .last_warning
-            .is_some_and(|at| at.elapsed() < QUIET_WARNING * 3);
-        if !quiet || warned_lately {
+        if self.last_message.elapsed() < QUIET_WARNING || Instant::now() < self.next_check {
             return;
         }
+        self.next_check = Instant::now() + QUIET_WARNING;
         if let Ok(info) = self.consumer.info().await {
             if info.num_pending > 0 {
-                self.last_warning = Some(Instant::now());
+                self.next_check = Instant::now() + QUIET_WARNING * 3;
                 tracing::warn!(
                     stage,
                     consumer = %info.name,
