@@ -1,4 +1,4 @@
-//! The consume loop's contract (`shared/src/consume.rs`), against a real nats-server:
+//! The consume loop's contract (`shared/src/consume/`), against a real nats-server:
 //! it carries out each disposition a handler returns, keeps every message it holds in
 //! progress however long it is held (a single message or a batch), and hands back
 //! what it holds when it stops, so nothing waits out `ack_wait` after a clean stop.
