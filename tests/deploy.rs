@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Harness, HarnessOptions, Role};
+use common::{Harness, HarnessOptions};
 use jetcrawl_shared::topology::{partition_consumer_name, Names, Role as ConsumerRole};
 use jetcrawl_shared::CompiledSpider;
 
@@ -209,9 +209,7 @@ fn alerts_and_dashboard_have_queries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_and_alerts_use_only_metrics_the_stages_export() {
     let h = Harness::start(HarnessOptions::default()).await;
-    let mut fetcher = h.spawn(Role::Fetcher);
-    let mut parser = h.spawn(Role::Parser);
-    let mut sink = h.spawn(Role::Sink);
+    let [mut fetcher, mut parser, mut sink] = h.spawn_pipeline();
     h.wait_topology(STARTUP).await;
     // The site, and a redirect loop: a fetch error, so the error counters have a
     // series to show.

@@ -184,9 +184,7 @@ async fn a_paused_sink_stays_paused_across_its_restart() {
     let h = slow_harness().await;
     let expected = h.site.expected_items();
     let total = expected.len() as i64;
-    let mut fetcher = h.spawn(Role::Fetcher);
-    let mut parser = h.spawn(Role::Parser);
-    let mut sink = h.spawn(Role::Sink);
+    let [mut fetcher, mut parser, mut sink] = h.spawn_pipeline();
     h.wait_topology(STARTUP).await;
     h.seed(&[&h.site.start_url()]).await;
     let (db, crawl) = (&h.db, h.crawl.as_str());
@@ -286,9 +284,7 @@ async fn dead_letters_are_grouped_retried_after_a_fix_and_purged() {
     assert!(spider.contains(allowed), "the harness spider changed shape");
     let buggy = spider.replacen(allowed, r#"allowed_domains = ["shop.example"]"#, 1);
     std::fs::write(&h.spider, buggy).expect("write spider");
-    let mut fetcher = h.spawn(Role::Fetcher);
-    let mut parser = h.spawn(Role::Parser);
-    let mut sink = h.spawn(Role::Sink);
+    let [mut fetcher, mut parser, mut sink] = h.spawn_pipeline();
     h.wait_topology(STARTUP).await;
     let (db, crawl) = (&h.db, h.crawl.as_str());
 
@@ -433,9 +429,7 @@ async fn publish_dead_request(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_lists_live_instances_and_flags_work_nobody_pulls() {
     let h = Harness::start(HarnessOptions::default()).await;
-    let mut fetcher = h.spawn(Role::Fetcher);
-    let mut parser = h.spawn(Role::Parser);
-    let mut sink = h.spawn(Role::Sink);
+    let [mut fetcher, mut parser, mut sink] = h.spawn_pipeline();
     h.wait_topology(STARTUP).await;
     h.wait_until(STARTUP, "one live instance of each stage", || async {
         let status = h.status_json().await;

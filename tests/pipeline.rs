@@ -330,9 +330,7 @@ async fn sink_waits_out_database_outage() {
 async fn seeds_from_plain_nats_publish() {
     let h = Harness::start(HarnessOptions::default()).await;
     let crawl = h.crawl.as_str();
-    let mut fetcher = h.spawn(Role::Fetcher);
-    let mut parser = h.spawn(Role::Parser);
-    let mut sink = h.spawn(Role::Sink);
+    let [mut fetcher, mut parser, mut sink] = h.spawn_pipeline();
     h.wait_topology(STARTUP).await;
 
     // Exactly what `nats pub jetcrawl.<crawl>.seeds ...` sends: a core NATS message,
@@ -416,9 +414,7 @@ fn assert_polite_requests_with_seed_only(site: &Site) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_reparses_stored_pages_with_new_rules() {
     let h = Harness::start(HarnessOptions::default()).await;
-    let mut fetcher = h.spawn(Role::Fetcher);
-    let mut parser = h.spawn(Role::Parser);
-    let mut sink = h.spawn(Role::Sink);
+    let [mut fetcher, mut parser, mut sink] = h.spawn_pipeline();
     h.wait_topology(STARTUP).await;
     h.seed(&[&h.site.start_url()]).await;
     h.wait_idle(CRAWL).await;

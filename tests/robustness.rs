@@ -43,14 +43,6 @@ fn reasons(dead: &[DeadLetter]) -> Vec<(&str, Option<&str>)> {
         .collect()
 }
 
-fn spawn_pipeline(h: &Harness) -> [Service; 3] {
-    [
-        h.spawn(Role::Fetcher),
-        h.spawn(Role::Parser),
-        h.spawn(Role::Sink),
-    ]
-}
-
 /// Asserts every service still runs, then stops them with SIGTERM (each must exit 0).
 async fn assert_running_then_stop(h: &Harness, services: &mut [Service; 3]) {
     for s in services.iter() {
@@ -267,7 +259,7 @@ fn poison_messages(h: &Harness) -> Vec<Poison> {
 async fn poison_messages_are_dead_lettered_and_crawl_continues() {
     let h = Harness::start(HarnessOptions::default()).await;
     let crawl = h.crawl.as_str();
-    let mut services = spawn_pipeline(&h);
+    let mut services = h.spawn_pipeline();
     h.wait_topology(STARTUP).await;
 
     let js = jetstream::connect(&h.nats.url()).await;
@@ -345,7 +337,7 @@ async fn poison_messages_are_dead_lettered_and_crawl_continues() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_with_absurd_numbers_are_fetched_once() {
     let h = Harness::start(HarnessOptions::default()).await;
-    let mut services = spawn_pipeline(&h);
+    let mut services = h.spawn_pipeline();
     h.wait_topology(STARTUP).await;
 
     let js = jetstream::connect(&h.nats.url()).await;
@@ -458,7 +450,7 @@ async fn restart_mid_crawl(server: Server) {
     };
     let expected = h.site.expected_items();
     let total = expected.len() as i64;
-    let mut services = spawn_pipeline(&h);
+    let mut services = h.spawn_pipeline();
     h.wait_topology(STARTUP).await;
     h.seed(&[&h.site.start_url()]).await;
 
@@ -507,7 +499,7 @@ async fn services_started_before_their_servers_wait_for_them() {
     let mut h = Harness::start(HarnessOptions::default()).await;
     h.nats.kill();
     h.redis.kill();
-    let mut services = spawn_pipeline(&h);
+    let mut services = h.spawn_pipeline();
     // Down for a while: nothing may exit or panic meanwhile.
     ride_out(&h, Duration::from_secs(3)).await;
     h.nats.restart().await;
@@ -594,7 +586,7 @@ async fn hostile_pages_do_not_hurt_the_crawl() {
     .await;
     let site = &h.site;
     hostile::warm_up().await;
-    let mut services = spawn_pipeline(&h);
+    let mut services = h.spawn_pipeline();
     h.wait_topology(STARTUP).await;
 
     let mut seeds = vec![site.start_url()];
@@ -690,7 +682,7 @@ async fn page_that_grows_when_decoded_is_recorded_not_lost() {
         },
     )
     .await;
-    let mut services = spawn_pipeline(&h);
+    let mut services = h.spawn_pipeline();
     h.wait_topology(STARTUP).await;
 
     let url = h.site.url(hostile::EURO);
@@ -724,7 +716,7 @@ async fn page_that_grows_when_decoded_is_recorded_not_lost() {
 async fn busy_host_hands_requests_back_without_losing_any() {
     let h = Harness::start(slow_crawl()).await;
     // One fetcher with 64 slots against one host whose gate holds 8 + 32 waiting.
-    let mut services = spawn_pipeline(&h);
+    let mut services = h.spawn_pipeline();
     h.wait_topology(STARTUP).await;
     h.seed(&[&h.site.start_url()]).await;
     wait_idle_healthy(&h, CRAWL, "seeding").await;
@@ -786,7 +778,7 @@ again = "p"
         },
     )
     .await;
-    let mut services = spawn_pipeline(&h);
+    let mut services = h.spawn_pipeline();
     h.wait_topology(STARTUP).await;
     let (_, dead) = crawl_seed(&h, &h.site.url(hostile::EURO)).await;
     // The page's other item is stored; the big one is not.

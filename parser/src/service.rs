@@ -155,16 +155,7 @@ async fn watch_caught_up(
 ) {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let Ok(stream) = js.get_stream(&stream).await else {
-            continue;
-        };
-        let Ok(mut consumer) = stream
-            .get_consumer::<jetstream::consumer::pull::Config>(&name)
-            .await
-        else {
-            continue;
-        };
-        if let Ok(info) = consumer.info().await {
+        if let Some(info) = topology::consumer_info(&js, &stream, &name).await {
             if info.num_pending == 0 && info.num_ack_pending == 0 {
                 done.cancel();
                 return;

@@ -118,6 +118,17 @@ impl Names {
 /// Connecting lives in [`crate::nats`]; kept here for the callers that knew it here.
 pub use crate::nats::connect;
 
+/// A consumer's state from the server, in one API request (the stream's own info is
+/// not fetched); `None` while it does not exist or the server does not answer.
+pub async fn consumer_info(
+    js: &jetstream::Context,
+    stream: &str,
+    consumer: &str,
+) -> Option<jetstream::consumer::Info> {
+    let stream = js.get_stream_no_info(stream).await.ok()?;
+    stream.consumer_info(consumer).await.ok()
+}
+
 /// Room a dead letter keeps for its headers (the original's, the reason) beside the
 /// payload.
 const DEAD_HEADER_ROOM: usize = 64 * 1024;

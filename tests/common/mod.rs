@@ -325,6 +325,15 @@ impl<N: Nats> Harness<N> {
         (args, env)
     }
 
+    /// A fetcher, a parser and a sink, started in that order.
+    pub fn spawn_pipeline(&self) -> [Service; 3] {
+        [
+            self.spawn(Role::Fetcher),
+            self.spawn(Role::Parser),
+            self.spawn(Role::Sink),
+        ]
+    }
+
     /// Starts a service against this harness's servers.
     pub fn spawn(&self, role: Role) -> Service {
         self.spawn_with_database_url(role, &self.db.url())

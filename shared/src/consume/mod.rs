@@ -430,16 +430,7 @@ async fn report_lag(
         tokio::time::sleep(wait).await;
         // Until the consumer exists (the pull loop creates it), look again soon.
         wait = Duration::from_secs(1);
-        let Ok(stream) = js.get_stream(&stream).await else {
-            continue;
-        };
-        let Ok(mut c) = stream
-            .get_consumer::<jetstream::consumer::pull::Config>(&consumer)
-            .await
-        else {
-            continue;
-        };
-        if let Ok(info) = c.info().await {
+        if let Some(info) = topology::consumer_info(&js, &stream, &consumer).await {
             wait = Duration::from_secs(5);
             let pending = i64::try_from(info.num_pending).unwrap_or(i64::MAX);
             metrics.consumer_pending.get_or_create(&labels).set(pending);
