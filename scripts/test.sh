@@ -23,4 +23,7 @@ cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "tests"
+# Every page the parser streams is also parsed into a DOM and the two compared: the
+# whole suite doubles as a differential test of the fast path (parser/src/stream.rs).
+export JETCRAWL_CHECK_FAST_PATH=1
 cargo nextest run --workspace --all-targets --locked --no-fail-fast "$@"

@@ -225,6 +225,13 @@ impl DemoSite {
         }
     }
 
+    /// The body served for `path` (query dropped) on `host`, and its status: what the
+    /// parser's differential tests read without a server. Counts as a request.
+    pub fn body(&self, path: &str, host: &str) -> (u16, String) {
+        let (status, _, body) = self.respond(path, host);
+        (status.as_u16(), body)
+    }
+
     /// The reply to a GET of `path` (query already dropped); `host` spells absolute links.
     fn respond(&self, path: &str, host: &str) -> Reply {
         if path == "/_bench/hits" {

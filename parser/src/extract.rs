@@ -14,6 +14,7 @@ use jetcrawl_shared::message::{item_id, Item, Page};
 use jetcrawl_shared::CompiledSpider;
 
 use crate::error::ParseError;
+use crate::stream::{Scan, StreamPlan};
 
 /// Links longer than this are traps or garbage, not pages (Nutch and Heritrix cap
 /// URLs near the same length).
@@ -31,6 +32,8 @@ pub struct Rules {
     base: Selector,
     scope: Vec<String>,
     memo: LinkMemo,
+    /// The streaming fast path, when every selector allows it (`stream.rs`).
+    stream: Option<StreamPlan>,
 }
 
 /// What [`Rules::follow`] decided for links that recur on page after page (a site's
@@ -110,6 +113,8 @@ pub struct Extracted {
     pub links: Vec<Url>,
     /// Links to follow the page had beyond `max_links_per_page`, dropped.
     pub links_capped: usize,
+    /// Whether the streaming fast path read the page (else the DOM did).
+    pub streamed: bool,
 }
 
 impl Rules {
@@ -155,7 +160,19 @@ impl Rules {
                 reason: e.to_string(),
             })
         };
+        let stream = StreamPlan::new(spider.spider.items.iter().map(|rule| {
+            let fields = rule
+                .fields
+                .values()
+                .map(|field| {
+                    let spec = field.spec();
+                    (spec.css, spec.attr, spec.all)
+                })
+                .collect::<Vec<_>>();
+            (rule.each.is_some(), fields)
+        }));
         Ok(Rules {
+            stream,
             scope: spider.scope_hosts(),
             spider: spider.clone(),
             items,
@@ -193,7 +210,32 @@ impl Rules {
     }
 
     /// Items and links of a page. Only 2xx HTML pages yield anything.
+    ///
+    /// Pages the streaming fast path can read exactly take it (`stream.rs`); the rest
+    /// are parsed into a DOM. With `JETCRAWL_CHECK_FAST_PATH=1` in the environment
+    /// (the test suite sets it) every streamed page is parsed both ways and a
+    /// difference panics, naming the page.
     pub fn parse(&self, page: &Page) -> Extracted {
+        let extracted = self.parse_with(page, true);
+        if extracted.streamed && check_fast_path() {
+            let dom = self.parse_with(page, false);
+            assert!(
+                dom.items == extracted.items
+                    && dom.links == extracted.links
+                    && dom.links_capped == extracted.links_capped,
+                "fast path and DOM differ on {}:\nfast: {extracted:?}\nDOM: {dom:?}",
+                page.url
+            );
+        }
+        extracted
+    }
+
+    /// [`Rules::parse`] through html5ever's DOM alone: what the fast path is held to.
+    pub fn parse_without_fast_path(&self, page: &Page) -> Extracted {
+        self.parse_with(page, false)
+    }
+
+    fn parse_with(&self, page: &Page, fast: bool) -> Extracted {
         if !page.is_parseable_html() {
             return Extracted::default();
         }
@@ -202,21 +244,25 @@ impl Rules {
             Ok(text) => std::borrow::Cow::Borrowed(text),
             Err(_) => String::from_utf8_lossy(&page.body),
         };
-        let doc = Html::parse_document(&text);
         let page_url = canon::canonicalize(&page.final_url, &self.spider.query_filter)
             .unwrap_or_else(|_| page.final_url.clone());
-        // <base href> changes how relative links resolve.
-        let base = doc
-            .select(&self.base)
-            .next()
-            .and_then(|b| b.value().attr("href"))
-            .and_then(|href| page.final_url.join(href.trim()).ok())
-            .unwrap_or_else(|| page.final_url.clone());
-        let items = self.items(&doc, &page_url, &base, page);
-        let links = if page.depth < self.spider.spider.max_depth {
-            self.links(&doc, &base, self.own_host(page, &page_url))
-        } else {
-            Vec::new()
+        let wanted: Vec<bool> = self
+            .spider
+            .item_matches
+            .iter()
+            .map(|m| m.is_match(page_url.as_str()))
+            .collect();
+        let follow = page.depth < self.spider.spider.max_depth;
+        let page_host = self.own_host(page, &page_url);
+        let scan = self
+            .stream
+            .as_ref()
+            .filter(|_| fast)
+            .and_then(|plan| plan.scan(&text, &wanted, follow));
+        let streamed = scan.is_some();
+        let (items, links) = match scan {
+            Some(scan) => self.read_scan(scan, &wanted, &page_url, page, follow, page_host),
+            None => self.read_dom(&text, &wanted, &page_url, page, follow, page_host),
         };
         let cap = self.spider.spider.follow.max_links_per_page;
         let links_capped = links.len().saturating_sub(cap);
@@ -226,16 +272,98 @@ impl Rules {
             items,
             links,
             links_capped,
+            streamed,
         }
     }
 
-    fn items(&self, doc: &Html, page_url: &Url, base: &Url, page: &Page) -> Vec<Item> {
+    /// Items and links through html5ever's DOM: any page, any selector.
+    fn read_dom(
+        &self,
+        text: &str,
+        wanted: &[bool],
+        page_url: &Url,
+        page: &Page,
+        follow: bool,
+        page_host: Option<&str>,
+    ) -> (Vec<Item>, Vec<Url>) {
+        let doc = Html::parse_document(text);
+        // <base href> changes how relative links resolve.
+        let base = resolve_base(
+            doc.select(&self.base)
+                .next()
+                .and_then(|b| b.value().attr("href")),
+            page,
+        );
+        let items = self.items(wanted, page_url, page, |rule| match &rule.each {
+            None => vec![(
+                fields(&rule.fields, &base, |i| {
+                    dom_values(doc.select(&rule.fields[i].selector), &rule.fields[i])
+                }),
+                None,
+            )],
+            Some(each) => doc
+                .select(each)
+                .enumerate()
+                .map(|(n, el)| {
+                    let data = fields(&rule.fields, &base, |i| {
+                        dom_values(el.select(&rule.fields[i].selector), &rule.fields[i])
+                    });
+                    (data, Some(n))
+                })
+                .collect(),
+        });
+        let links = if follow {
+            let hrefs = doc
+                .select(&self.links)
+                .filter_map(|el| el.value().attr("href"));
+            self.links(hrefs, &base, page_host)
+        } else {
+            Vec::new()
+        };
+        (items, links)
+    }
+
+    /// Items and links from the streaming scan (`stream.rs`): the same values the DOM
+    /// path would read, without the DOM.
+    fn read_scan(
+        &self,
+        mut scan: Scan,
+        wanted: &[bool],
+        page_url: &Url,
+        page: &Page,
+        follow: bool,
+        page_host: Option<&str>,
+    ) -> (Vec<Item>, Vec<Url>) {
+        let base = resolve_base(scan.base.as_deref(), page);
+        // The scan's values are for the wanted rules only, in order.
+        let mut per_rule = std::mem::take(&mut scan.values).into_iter();
+        let items = self.items(wanted, page_url, page, |rule| {
+            let mut values = per_rule.next().unwrap_or_default();
+            let data = fields(&rule.fields, &base, |i| {
+                values.get_mut(i).map(std::mem::take).unwrap_or_default()
+            });
+            vec![(data, None)]
+        });
+        let links = if follow {
+            self.links(scan.hrefs.iter().map(String::as_str), &base, page_host)
+        } else {
+            Vec::new()
+        };
+        (items, links)
+    }
+
+    /// Items of the rules `wanted` says; `data` gives a rule's field maps, each with its
+    /// position among `each` matches (`None` for a whole-page item).
+    fn items(
+        &self,
+        wanted: &[bool],
+        page_url: &Url,
+        page: &Page,
+        mut data: impl FnMut(&CompiledItemRule) -> Vec<(serde_json::Map<String, Value>, Option<usize>)>,
+    ) -> Vec<Item> {
         let mut out = Vec::new();
-        for (rule, matcher) in self.items.iter().zip(&self.spider.item_matches) {
-            if !matcher.is_match(page_url.as_str()) {
-                continue;
-            }
-            let item = |data: serde_json::Map<String, Value>, position: Option<usize>| {
+        for (rule, _) in self.items.iter().zip(wanted).filter(|(_, w)| **w) {
+            for (data, position) in data(rule) {
                 // `key`'s value makes ids distinct; in `each` rules, failing a
                 // (non-null) key, the element's position does.
                 let mut key = rule.key.as_ref().and_then(|k| data.get(k)).cloned();
@@ -244,26 +372,14 @@ impl Rules {
                         key = Some(Value::from(position));
                     }
                 }
-                Item {
+                out.push(Item {
                     crawl: self.spider.name().to_string(),
                     item_id: item_id(page_url.as_str(), &rule.item_type, key.as_ref()),
                     item_type: rule.item_type.clone(),
                     url: page_url.to_string(),
                     data,
                     fetched_at: page.fetched_at,
-                }
-            };
-            match &rule.each {
-                None => out.push(item(
-                    fields(&rule.fields, |s| doc.select(s).collect(), base),
-                    None,
-                )),
-                Some(each) => {
-                    for (i, el) in doc.select(each).enumerate() {
-                        let data = fields(&rule.fields, |s| el.select(s).collect(), base);
-                        out.push(item(data, Some(i)));
-                    }
-                }
+                });
             }
         }
         out
@@ -287,13 +403,15 @@ impl Rules {
         }
     }
 
-    fn links(&self, doc: &Html, base: &Url, page_host: Option<&str>) -> Vec<Url> {
+    fn links<'h>(
+        &self,
+        hrefs: impl Iterator<Item = &'h str>,
+        base: &Url,
+        page_host: Option<&str>,
+    ) -> Vec<Url> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
-        for el in doc.select(&self.links) {
-            let Some(href) = el.value().attr("href") else {
-                continue;
-            };
+        for href in hrefs {
             let href = href.trim();
             let key = LinkMemo::key(href, base, page_host);
             let verdict = match key.and_then(|k| self.memo.get(k)) {
@@ -371,18 +489,28 @@ impl Rules {
     }
 }
 
-/// Every field's value; `select` finds a selector's matches (in the page, or inside
-/// one `each` element).
-fn fields<'a>(
+/// `JETCRAWL_CHECK_FAST_PATH=1`: compare the fast path with the DOM on every page.
+fn check_fast_path() -> bool {
+    static CHECK: OnceLock<bool> = OnceLock::new();
+    *CHECK.get_or_init(|| std::env::var("JETCRAWL_CHECK_FAST_PATH").is_ok_and(|v| v == "1"))
+}
+
+/// `<base href>` resolved against the page's URL, or the page's URL.
+fn resolve_base(href: Option<&str>, page: &Page) -> Url {
+    href.and_then(|href| page.final_url.join(href.trim()).ok())
+        .unwrap_or_else(|| page.final_url.clone())
+}
+
+/// Every field's value; `raw(i)` gives field `i`'s raw values, in match order (for a
+/// field that is not `all`, only the first is used).
+fn fields(
     fields: &[CompiledField],
-    select: impl Fn(&Selector) -> Vec<ElementRef<'a>>,
     base: &Url,
+    mut raw: impl FnMut(usize) -> Vec<String>,
 ) -> serde_json::Map<String, Value> {
     let mut data = serde_json::Map::new();
-    for field in fields {
-        let mut values = select(&field.selector)
-            .into_iter()
-            .filter_map(|el| field_value(el, field, base));
+    for (i, field) in fields.iter().enumerate() {
+        let mut values = raw(i).into_iter().map(|v| finish_value(v, field, base));
         let value = if field.all {
             Value::Array(values.map(Value::String).collect())
         } else {
@@ -393,19 +521,37 @@ fn fields<'a>(
     data
 }
 
-fn field_value(el: ElementRef<'_>, field: &CompiledField, base: &Url) -> Option<String> {
-    let mut raw = match &field.attr {
+/// A field's raw values from its matches: every one if `all`, else the first.
+fn dom_values<'a>(
+    matches: impl Iterator<Item = ElementRef<'a>>,
+    field: &CompiledField,
+) -> Vec<String> {
+    let values = matches.filter_map(|el| raw_value(el, field));
+    if field.all {
+        values.collect()
+    } else {
+        values.take(1).collect()
+    }
+}
+
+/// What a matched element gives a field before [`finish_value`]: the attribute,
+/// trimmed (`None` if absent), or the text, whitespace collapsed.
+fn raw_value(el: ElementRef<'_>, field: &CompiledField) -> Option<String> {
+    Some(match &field.attr {
         Some(attr) => el.value().attr(attr)?.trim().to_string(),
         None => collapse_ws(el.text()),
-    };
+    })
+}
+
+fn finish_value(mut raw: String, field: &CompiledField, base: &Url) -> String {
     // NUL never means anything in a page's text, and PostgreSQL's jsonb refuses it.
     if raw.contains('\0') {
         raw.retain(|c| c != '\0');
     }
     if field.absolute {
-        return Some(base.join(&raw).map(|u| u.to_string()).unwrap_or(raw));
+        return base.join(&raw).map(|u| u.to_string()).unwrap_or(raw);
     }
-    Some(raw)
+    raw
 }
 
 /// Text nodes joined, whitespace runs collapsed to one space, trimmed.

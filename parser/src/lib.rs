@@ -3,15 +3,19 @@
 //!
 //! Layout:
 //! - `extract`: extraction rules and link discovery over one page (pure)
+//! - `stream`: the streaming fast path `extract` takes when the page and selectors allow
+//! - `charref`: character references decoded as html5ever does (for `stream`)
 //! - `schedule`: dupefilter check, publish, await acks, dupefilter add (`Dedup`, the
 //!   dupefilter half, is shared with the embedded mode)
 //! - `service`: the JetStream loops over pages and seeds
 //! - `error`: classified errors
 
+mod charref;
 pub mod error;
 pub mod extract;
 pub mod schedule;
 pub mod service;
+mod stream;
 
 pub use error::ParseError;
 pub use extract::{Extracted, Rules};

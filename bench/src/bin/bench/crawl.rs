@@ -16,17 +16,17 @@ use crate::{median, spider, CrawlArgs};
 
 /// What one distributed crawl measured.
 #[derive(Debug, Clone, Default)]
-struct CrawlRun {
-    pages: f64,
-    items: i64,
+pub(crate) struct CrawlRun {
+    pub(crate) pages: f64,
+    pub(crate) items: i64,
     /// Seed → every page fetched.
     fetch_secs: f64,
     /// Seed → every item in the database.
-    secs: f64,
+    pub(crate) secs: f64,
     /// CPU seconds during the crawl, by process kind.
-    cpu: BTreeMap<&'static str, f64>,
+    pub(crate) cpu: BTreeMap<&'static str, f64>,
     /// Peak RSS by stage, MB.
-    peak_mb: BTreeMap<&'static str, f64>,
+    pub(crate) peak_mb: BTreeMap<&'static str, f64>,
     /// (items stored, RSS MB by stage) sampled every second.
     samples: Vec<(i64, BTreeMap<&'static str, f64>)>,
     /// URLs scheduled again at a shallower depth (and so fetched twice, on purpose).
@@ -36,22 +36,26 @@ struct CrawlRun {
 }
 
 impl CrawlRun {
-    fn pages_per_sec(&self) -> f64 {
+    pub(crate) fn pages_per_sec(&self) -> f64 {
         self.pages / self.secs
     }
     fn fetch_rate(&self) -> f64 {
         self.pages / self.fetch_secs
     }
-    fn cpu_per_1000(&self, kind: &str) -> f64 {
+    pub(crate) fn cpu_per_1000(&self, kind: &str) -> f64 {
         self.cpu.get(kind).copied().unwrap_or_default() * 1000.0 / self.pages
     }
 }
 
-const STAGES: [&str; 3] = ["fetcher", "parser", "sink"];
+pub(crate) const STAGES: [&str; 3] = ["fetcher", "parser", "sink"];
 
 /// Runs one distributed crawl of a `pages`-product demo site. `prepare` runs on the
 /// database after `jetcrawl init` (the backpressure scenario slows it there).
-async fn crawl_once(bins: &Bins, a: &CrawlArgs, slow_us_per_row: u64) -> Result<CrawlRun> {
+pub(crate) async fn crawl_once(
+    bins: &Bins,
+    a: &CrawlArgs,
+    slow_us_per_row: u64,
+) -> Result<CrawlRun> {
     let site_model = DemoSite::new(a.pages);
     let expect_pages = site_model.crawlable_pages() as f64;
     let expect_items = site_model.products() as i64;
@@ -269,7 +273,7 @@ fn crawl_line(r: &CrawlRun) -> String {
     s
 }
 
-fn stages_cpu_per_1000(r: &CrawlRun) -> f64 {
+pub(crate) fn stages_cpu_per_1000(r: &CrawlRun) -> f64 {
     STAGES.iter().map(|k| r.cpu_per_1000(k)).sum()
 }
 

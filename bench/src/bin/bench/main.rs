@@ -9,6 +9,7 @@ mod crawl;
 mod embedded;
 mod hosts;
 mod sink;
+mod versus;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -18,6 +19,7 @@ use jetcrawl_bench::stack::Bins;
 use crate::crawl::{backpressure, distributed, memory};
 use crate::embedded::embedded;
 use crate::sink::sink;
+use crate::versus::versus;
 
 #[derive(Parser)]
 #[command(about = "jetcrawl crawl benchmarks (see docs/BENCHMARKS.md)")]
@@ -32,6 +34,9 @@ enum Scenario {
     Distributed(CrawlArgs),
     /// `jetcrawl crawl` (one process, SQLite) on the same site.
     Embedded(CrawlArgs),
+    /// spider (crates.io), jetcrawl embedded and jetcrawl distributed on the same site,
+    /// interleaved run by run, with the ratios (the peer: bench/peer-spider).
+    Versus(CrawlArgs),
     /// The sink alone: items/s into PostgreSQL from a pre-filled ITEMS stream.
     Sink {
         #[arg(long, default_value_t = 200_000)]
@@ -114,6 +119,7 @@ async fn main() -> Result<()> {
             distributed(&bins, &a).await?;
         }
         Scenario::Embedded(a) => embedded(&bins, &a).await?,
+        Scenario::Versus(a) => versus(&bins, &a).await?,
         Scenario::Sink { items, runs } => sink(&bins, items, runs).await?,
         Scenario::Backpressure {
             crawl,
@@ -129,6 +135,7 @@ async fn main() -> Result<()> {
         Scenario::All { runs } => {
             distributed(&bins, &CrawlArgs::with(20_000, runs)).await?;
             embedded(&bins, &CrawlArgs::with(20_000, runs)).await?;
+            versus(&bins, &CrawlArgs::with(20_000, runs)).await?;
             sink(&bins, 200_000, runs).await?;
             backpressure(&bins, &CrawlArgs::with(20_000, runs), 2000).await?;
             memory(&bins, &CrawlArgs::with(200_000, 1)).await?;
