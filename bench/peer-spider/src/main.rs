@@ -5,8 +5,10 @@
 //! `pages P items I secs S lagged L`. The benchmark checks P and I against the site, and
 //! the site's own hit counts for pages fetched twice.
 //!
-//! spider cannot strip query parameters itself: its link callback rewrites each found
-//! link to the stripped spelling before spider's visited set sees it.
+//! spider cannot strip query parameters itself (its link callback runs after its visited
+//! set has taken the link as found), so links with `utm_*` parameters are blacklisted
+//! (never fetched) and the callback queues their stripped spelling instead, which
+//! spider's visited set then dedups like any link.
 
 use std::collections::HashSet;
 use std::sync::mpsc;
@@ -51,14 +53,28 @@ async fn crawl(url: String, concurrency: usize) {
     website
         .with_respect_robots_txt(true)
         .with_concurrency_limit(Some(concurrency))
-        .with_user_agent(Some("peer-spider-bench"));
-    website.set_on_link_find(|link, html| {
-        let stripped = strip_tracking(link.as_ref());
-        (stripped.as_str().into(), html)
+        .with_user_agent(Some("peer-spider-bench"))
+        .with_blacklist_url(Some(vec![r"[?&]utm_".into()]));
+    let Some(queue) = website.queue(1 << 16) else {
+        eprintln!("spider built without its `sync` feature");
+        std::process::exit(1);
+    };
+    let debug = std::env::var_os("PEER_DEBUG").is_some();
+    website.set_on_link_find(move |link, html| {
+        if link.as_ref().contains("utm_") {
+            let stripped = strip_tracking(link.as_ref());
+            if debug {
+                eprintln!("requeue {} -> {stripped}", link.as_ref());
+            }
+            let _ = queue.send(stripped);
+        }
+        (link, html)
     });
     // Pages go to extraction threads, one per core, as jetcrawl parses on every core.
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let (page_tx, page_rx) = mpsc::sync_channel::<(String, Vec<u8>)>(256);
+    // Unbounded, so the subscriber never waits and never lags behind spider's channel:
+    // pages waiting for extraction count in this process's memory.
+    let (page_tx, page_rx) = mpsc::channel::<(String, Vec<u8>)>();
     let page_rx = std::sync::Arc::new(std::sync::Mutex::new(page_rx));
     let (item_tx, item_rx) = mpsc::channel::<String>();
     let workers: Vec<_> = (0..threads)
@@ -70,7 +86,9 @@ async fn crawl(url: String, concurrency: usize) {
         .collect();
     drop(item_tx);
 
-    let mut rx = website.subscribe(1024);
+    // spider's page channel is a broadcast channel: a subscriber that falls behind by
+    // more than its capacity loses pages (counted as `lagged`; the run then fails).
+    let mut rx = website.subscribe(16_384);
     let started = Instant::now();
     let collector = tokio::spawn(async move {
         let (mut pages, mut lagged) = (0u64, 0u64);
@@ -78,11 +96,11 @@ async fn crawl(url: String, concurrency: usize) {
             match rx.recv().await {
                 Ok(page) => {
                     pages += 1;
+                    if debug {
+                        eprintln!("page {}", page.get_url());
+                    }
                     let body = page.get_html_bytes_u8().to_vec();
-                    let tx = page_tx.clone();
-                    let url = page.get_url().to_string();
-                    // A full extraction queue waits here rather than drop a page.
-                    let _ = tokio::task::spawn_blocking(move || tx.send((url, body))).await;
+                    let _ = page_tx.send((page.get_url().to_string(), body));
                 }
                 Err(RecvError::Lagged(n)) => lagged += n,
                 Err(RecvError::Closed) => break,
