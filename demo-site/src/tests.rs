@@ -85,6 +85,34 @@ fn product_pages_are_15_to_25_kb_with_every_field() {
     }
 }
 
+/// A many-links site, like the shops crawler benchmarks use: every product page has
+/// over 50 in-domain links, most of them the same navigation and footer links on every
+/// page, some with a tracking parameter, some spelled several ways.
+#[test]
+fn product_pages_carry_over_50_in_domain_links_with_repeats_and_tracking_parameters() {
+    let site = DemoSite::new(20_000);
+    for id in (0..site.products()).step_by(997) {
+        let (_, _, body) = site.respond(&format!("/product/{id}"), HOST);
+        let links = hrefs(&body);
+        let in_domain = links
+            .iter()
+            .filter(|h| {
+                h.starts_with('/')
+                    || h.starts_with("../")
+                    || h.starts_with("#")
+                    || h.starts_with(&format!("http://{HOST}/"))
+            })
+            .count();
+        assert!(in_domain > 50, "{id}: {in_domain} in-domain links");
+        assert!(links.iter().any(|h| h.contains("?utm_source=")), "{id}");
+        let nav = links.iter().filter(|h| h.starts_with("/category/")).count();
+        assert!(
+            nav >= NAV_LINKS + FOOTER_LINKS - 1,
+            "{id}: {nav} navigation links"
+        );
+    }
+}
+
 #[test]
 fn same_url_same_bytes() {
     let (a, b) = (DemoSite::new(500), DemoSite::new(500));
