@@ -8,6 +8,7 @@
 mod crawl;
 mod embedded;
 mod hosts;
+mod parse;
 mod sink;
 mod versus;
 
@@ -34,6 +35,13 @@ enum Scenario {
     Distributed(CrawlArgs),
     /// `jetcrawl crawl` (one process, SQLite) on the same site.
     Embedded(CrawlArgs),
+    /// The parser's page work alone: fast path against DOM on the demo shop's pages.
+    Parse {
+        #[arg(long, default_value_t = 2_000)]
+        pages: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// spider (crates.io), jetcrawl embedded and jetcrawl distributed on the same site,
     /// interleaved run by run, with the ratios (the peer: bench/peer-spider).
     Versus(CrawlArgs),
@@ -120,6 +128,7 @@ async fn main() -> Result<()> {
         }
         Scenario::Embedded(a) => embedded(&bins, &a).await?,
         Scenario::Versus(a) => versus(&bins, &a).await?,
+        Scenario::Parse { pages, rounds } => parse::parse(pages, rounds)?,
         Scenario::Sink { items, runs } => sink(&bins, items, runs).await?,
         Scenario::Backpressure {
             crawl,
@@ -136,6 +145,7 @@ async fn main() -> Result<()> {
             distributed(&bins, &CrawlArgs::with(20_000, runs)).await?;
             embedded(&bins, &CrawlArgs::with(20_000, runs)).await?;
             versus(&bins, &CrawlArgs::with(20_000, runs)).await?;
+            parse::parse(2_000, 5)?;
             sink(&bins, 200_000, runs).await?;
             backpressure(&bins, &CrawlArgs::with(20_000, runs), 2000).await?;
             memory(&bins, &CrawlArgs::with(200_000, 1)).await?;
