@@ -14,10 +14,11 @@ use jetcrawl_shared::message::{item_id, Item, Page};
 use jetcrawl_shared::CompiledSpider;
 
 use crate::error::ParseError;
+use crate::traps::{Trap, TrapGuard};
 
-/// Links longer than this are traps or garbage, not pages (Nutch and Heritrix cap
-/// URLs near the same length).
-pub const MAX_URL_LEN: usize = 2048;
+/// An href this many times `[traps] max_url_length` is garbage: not even
+/// canonicalized (nor counted as a trap).
+const HREF_GARBAGE_FACTOR: usize = 8;
 
 /// Links whose verdict [`LinkMemo`] keeps; cleared when full.
 const LINK_MEMO_CAPACITY: usize = 16_384;
@@ -31,6 +32,7 @@ pub struct Rules {
     base: Selector,
     scope: Vec<String>,
     memo: LinkMemo,
+    traps: TrapGuard,
 }
 
 /// What [`Rules::follow`] decided for links that recur on page after page (a site's
@@ -110,6 +112,8 @@ pub struct Extracted {
     pub links: Vec<Url>,
     /// Links to follow the page had beyond `max_links_per_page`, dropped.
     pub links_capped: usize,
+    /// In-scope links refused by a trap heuristic, with the reason.
+    pub refused: Vec<(Url, Trap)>,
 }
 
 impl Rules {
@@ -162,6 +166,7 @@ impl Rules {
             links: fixed("a[href], area[href]")?,
             base: fixed("base[href]")?,
             memo: LinkMemo::default(),
+            traps: TrapGuard::new(spider.spider.traps.clone()),
         })
     }
 
@@ -213,10 +218,10 @@ impl Rules {
             .and_then(|href| page.final_url.join(href.trim()).ok())
             .unwrap_or_else(|| page.final_url.clone());
         let items = self.items(&doc, &page_url, &base, page);
-        let links = if page.depth < self.spider.spider.max_depth {
+        let (links, refused) = if page.depth < self.spider.spider.max_depth {
             self.links(&doc, &base, self.own_host(page, &page_url))
         } else {
-            Vec::new()
+            Default::default()
         };
         let cap = self.spider.spider.follow.max_links_per_page;
         let links_capped = links.len().saturating_sub(cap);
@@ -226,6 +231,7 @@ impl Rules {
             items,
             links,
             links_capped,
+            refused,
         }
     }
 
@@ -287,9 +293,16 @@ impl Rules {
         }
     }
 
-    fn links(&self, doc: &Html, base: &Url, page_host: Option<&str>) -> Vec<Url> {
+    /// Links to follow, and those a trap heuristic refused.
+    fn links(
+        &self,
+        doc: &Html,
+        base: &Url,
+        page_host: Option<&str>,
+    ) -> (Vec<Url>, Vec<(Url, Trap)>) {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
+        let mut refused = Vec::new();
         for el in doc.select(&self.links) {
             let Some(href) = el.value().attr("href") else {
                 continue;
@@ -308,23 +321,24 @@ impl Rules {
             };
             if let Some(url) = verdict {
                 if seen.insert(xxhash_rust::xxh3::xxh3_64(url.as_str().as_bytes())) {
-                    out.push(url);
+                    match self.traps.check(&url) {
+                        None => out.push(url),
+                        Some(trap) => refused.push((url, trap)),
+                    }
                 }
             }
         }
-        out
+        (out, refused)
     }
 
     /// Canonicalize a link and apply scope and follow rules; `None` if not to be
     /// followed. `page_host`: the host its page adds to the scope, if any.
+    /// Trap heuristics are not applied here ([`Rules::trap`]).
     pub fn follow(&self, href: &str, base: Option<&Url>, page_host: Option<&str>) -> Option<Url> {
-        if href.len() > MAX_URL_LEN {
+        if href.len() > HREF_GARBAGE_FACTOR * self.traps.max_url_length() {
             return None;
         }
         let url = canon::canonicalize_str(href, base, &self.spider.query_filter).ok()?;
-        if url.as_str().len() > MAX_URL_LEN {
-            return None;
-        }
         let host = url.host_str()?;
         // With no allowed_domains, the seeds' hosts are the scope: a page was fetched
         // only if in scope, so its own host counts too.
@@ -333,6 +347,12 @@ impl Rules {
             return None;
         }
         self.allowed_by_rules(&url).then_some(url)
+    }
+
+    /// Whether a canonical URL to follow looks like a link trap (`[traps]`); a URL let
+    /// through has its query values counted.
+    pub fn trap(&self, url: &Url) -> Option<Trap> {
+        self.traps.check(url)
     }
 
     /// `follow.allow` / `follow.deny` on a canonical URL.

@@ -3,6 +3,8 @@
 //!
 //! Layout:
 //! - `extract`: extraction rules and link discovery over one page (pure)
+//! - `traps`: link-trap heuristics (`[traps]`: URL length, repeated path segments,
+//!   exploding query values)
 //! - `schedule`: dupefilter check, publish, await acks, dupefilter add (`Dedup`, the
 //!   dupefilter half, is shared with the embedded mode)
 //! - `service`: the JetStream loops over pages and seeds
@@ -12,6 +14,7 @@ pub mod error;
 pub mod extract;
 pub mod schedule;
 pub mod service;
+pub mod traps;
 
 pub use error::ParseError;
 pub use extract::{Extracted, Rules};

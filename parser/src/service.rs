@@ -178,6 +178,7 @@ async fn handle_page(ctx: Arc<Ctx>, msg: jetstream::Message) -> Disposition {
             Ok(x) => x,
             Err(e) => return Disposition::Dead(format!("parser failed on this page: {e}")),
         };
+        crate::traps::count_refusals(&ctx.metrics, &extracted.refused);
         if extracted.links_capped > 0 {
             tracing::warn!(
                 followed = extracted.links.len(),

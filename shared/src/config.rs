@@ -10,6 +10,9 @@ use serde::Deserialize;
 use crate::canon::QueryFilter;
 use crate::error::ConfigError;
 
+mod discovery;
+pub use discovery::{Budget, Traps};
+
 /// A parsed and validated spider file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +28,13 @@ pub struct Spider {
     /// Links deeper than this many hops from a seed are not followed.
     #[serde(default = "default_max_depth")]
     pub max_depth: u32,
+    /// Pages the whole crawl may have (requests scheduled, each one page record);
+    /// none if absent.
+    #[serde(default)]
+    pub max_pages: Option<u64>,
+    /// Pages one host name may have; none if absent.
+    #[serde(default)]
+    pub max_pages_per_host: Option<u64>,
     /// The User-Agent header, also matched against robots.txt groups.
     #[serde(default = "default_user_agent")]
     pub user_agent: String,
@@ -46,6 +56,9 @@ pub struct Spider {
     /// Link-following rules.
     #[serde(default)]
     pub follow: Follow,
+    /// Link-trap heuristics.
+    #[serde(default)]
+    pub traps: Traps,
     /// Stream sizes and retention.
     #[serde(default)]
     pub streams: Streams,
@@ -402,6 +415,16 @@ impl Default for Sink {
     }
 }
 
+impl Spider {
+    /// `max_pages` and `max_pages_per_host`.
+    pub fn budget(&self) -> Budget {
+        Budget {
+            max_pages: self.max_pages,
+            max_pages_per_host: self.max_pages_per_host,
+        }
+    }
+}
+
 impl Streams {
     /// How long an unacked message stays with its worker.
     pub fn ack_wait(&self) -> Duration {
@@ -536,6 +559,8 @@ impl CompiledSpider {
                 "expected at least 1".to_string(),
             ));
         }
+        discovery::validate(&spider.traps, &spider.budget())
+            .map_err(|(key, message)| invalid(key, message))?;
         if spider.sink.batch_size == 0 {
             return Err(invalid("batch_size", "expected at least 1".to_string()));
         }

@@ -100,6 +100,8 @@ pub struct Metrics {
     pub hosts_queued: Gauge,
     /// Requests waiting for their host in this fetcher.
     pub requests_queued: Gauge,
+    /// Links not followed: a trap heuristic or a page budget, by reason.
+    pub links_refused: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -147,7 +149,14 @@ impl Metrics {
             live_fetchers: Gauge::default(),
             hosts_queued: Gauge::default(),
             requests_queued: Gauge::default(),
+            links_refused: Family::default(),
         };
+        r.register(
+            "links_refused",
+            "Links not followed, by reason: path_repeat, url_length, query_values (trap \
+             heuristics), max_pages, max_pages_per_host (budgets)",
+            m.links_refused.clone(),
+        );
         r.register(
             "pages_fetched",
             "Pages fetched, by status class",
@@ -325,6 +334,13 @@ impl Metrics {
     /// Whether the stage is consuming.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The counter of links refused for `reason` (`jetcrawl_links_refused_total`).
+    pub fn refused(&self, reason: &str) -> Counter {
+        self.links_refused
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .clone()
     }
 
     /// `2xx`, `3xx`, `4xx`, `5xx` or `error`.
