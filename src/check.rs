@@ -67,6 +67,8 @@ pub async fn run(opts: CheckOptions) -> anyhow::Result<()> {
                 error: None,
                 error_kind: None,
                 body: Bytes::from(text),
+                lastmod: None,
+                sitemaps: Vec::new(),
             }
         }
         fetch_from => {
@@ -139,6 +141,8 @@ async fn fetch(spider: &CompiledSpider, url: &Url) -> anyhow::Result<Page> {
         page_id: None,
         last_error: None,
         key: None,
+        sitemap: false,
+        lastmod: None,
     };
     match fetcher.fetch(&req, None).await {
         FetchOutcome::Page(page) => Ok(*page),

@@ -159,8 +159,23 @@ impl Fetcher {
     }
 
     /// Fetch one request. With a `lease`, nothing is sent to the host unless the
-    /// lease on its partition still holds at that moment.
+    /// lease on its partition still holds at that moment. A page record carries the
+    /// request's sitemap `lastmod`, and the host's robots.txt `Sitemap:` URLs the first
+    /// time a record of that host is made after robots.txt was read.
     pub async fn fetch(&self, req: &CrawlRequest, lease: Option<&Lease>) -> FetchOutcome {
+        let mut outcome = self.fetch_once(req, lease).await;
+        if let FetchOutcome::Page(page) = &mut outcome {
+            page.lastmod.clone_from(&req.lastmod);
+            if self.spider.spider.sitemaps {
+                if let Some(robots) = &self.robots {
+                    page.sitemaps = robots.take_sitemaps(&page.url);
+                }
+            }
+        }
+        outcome
+    }
+
+    async fn fetch_once(&self, req: &CrawlRequest, lease: Option<&Lease>) -> FetchOutcome {
         let started = tokio::time::Instant::now();
         let url = match Url::parse(&req.url) {
             Ok(url) => url,
@@ -294,6 +309,11 @@ impl Fetcher {
                         truncated = true;
                     }
                     (Bytes::from(text), Some(charset.to_string()))
+                } else if self.spider.spider.sitemaps
+                    && (req.sitemap || url.path().ends_with(".gz"))
+                {
+                    // A gzipped sitemap: the parser decompresses it (within its caps).
+                    (resp.body, None)
                 } else {
                     // Not something the parser reads: keep the record, not the bytes.
                     (Bytes::new(), None)
@@ -315,6 +335,8 @@ impl Fetcher {
                     error: None,
                     error_kind: None,
                     body,
+                    lastmod: None,
+                    sitemaps: Vec::new(),
                 }))
             }
             Err(e) if e.is_retryable() && tries < max_tries => {
@@ -415,6 +437,8 @@ impl Fetcher {
             error: Some(err.message),
             error_kind: Some(err.kind.to_string()),
             body: Bytes::new(),
+            lastmod: None,
+            sitemaps: Vec::new(),
         }
     }
 }

@@ -114,6 +114,15 @@ pub struct Extracted {
     pub links_capped: usize,
     /// In-scope links refused by a trap heuristic, with the reason.
     pub refused: Vec<(Url, Trap)>,
+    /// For a sitemap's links: each one's `<lastmod>` (same order as `links`; empty
+    /// for an HTML page).
+    pub lastmods: Vec<Option<String>>,
+    /// Sitemaps to fetch, with the depth to schedule them at: a sitemap index's
+    /// entries (its own depth) and the robots.txt `Sitemap:` URLs the page record
+    /// carried (depth 0).
+    pub sitemaps: Vec<(Url, u32)>,
+    /// Set when the page was a sitemap.
+    pub sitemap: Option<crate::sitemap::Summary>,
 }
 
 impl Rules {
@@ -197,10 +206,19 @@ impl Rules {
         tokio::task::spawn_blocking(move || rules.parse(page.borrow())).await
     }
 
-    /// Items and links of a page. Only 2xx HTML pages yield anything.
+    /// Items and links of a page. Only 2xx HTML pages and sitemaps yield anything
+    /// (besides the robots.txt sitemaps any page record may carry).
     pub fn parse(&self, page: &Page) -> Extracted {
+        let robots_sitemaps = self.robots_sitemaps(page);
+        if let Some(mut extracted) = self.parse_sitemap(page) {
+            extracted.sitemaps.extend(robots_sitemaps);
+            return extracted;
+        }
         if !page.is_parseable_html() {
-            return Extracted::default();
+            return Extracted {
+                sitemaps: robots_sitemaps,
+                ..Extracted::default()
+            };
         }
         // The fetcher hands over UTF-8; validating is faster than the lossy path.
         let text = match std::str::from_utf8(&page.body) {
@@ -232,6 +250,8 @@ impl Rules {
             links,
             links_capped,
             refused,
+            sitemaps: robots_sitemaps,
+            ..Extracted::default()
         }
     }
 
@@ -279,7 +299,7 @@ impl Rules {
     /// otherwise): the host it was requested from, which was in scope or a seed's. A
     /// redirect's target counts only within the same registrable domain (`a.test` to
     /// `www.a.test`): one off-site redirect must not put a whole foreign site in scope.
-    fn own_host<'a>(&self, page: &'a Page, final_url: &'a Url) -> Option<&'a str> {
+    pub(crate) fn own_host<'a>(&self, page: &'a Page, final_url: &'a Url) -> Option<&'a str> {
         if !self.spider.spider.allowed_domains.is_empty() {
             return None;
         }
@@ -347,6 +367,24 @@ impl Rules {
             return None;
         }
         self.allowed_by_rules(&url).then_some(url)
+    }
+
+    /// A sitemap's URL (from robots.txt or a sitemap index), canonical, in scope (or
+    /// on `page_host`) and not denied by `follow.deny`; `follow.allow` is for pages, so
+    /// it does not apply.
+    pub fn sitemap_url(&self, raw: &str, page_host: Option<&str>) -> Option<Url> {
+        if raw.len() > self.traps.max_url_length() {
+            return None;
+        }
+        let url = canon::canonicalize_str(raw.trim(), None, &self.spider.query_filter).ok()?;
+        let host = url.host_str()?;
+        let in_scope = host_in_scope(host, &self.scope) || Some(host) == page_host;
+        let denied = self
+            .spider
+            .follow_deny
+            .iter()
+            .any(|r| r.is_match(url.as_str()));
+        (in_scope && !denied).then_some(url)
     }
 
     /// Whether a canonical URL to follow looks like a link trap (`[traps]`); a URL let
@@ -487,6 +525,8 @@ missing = "span.nope"
             error: None,
             error_kind: None,
             body: Bytes::from(html.to_string()),
+            lastmod: None,
+            sitemaps: Vec::new(),
         }
     }
 

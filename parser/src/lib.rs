@@ -3,6 +3,8 @@
 //!
 //! Layout:
 //! - `extract`: extraction rules and link discovery over one page (pure)
+//! - `sitemap`: XML sitemaps and sitemap indexes (plain or gzipped) as a page's links,
+//!   within the protocol's caps
 //! - `traps`: link-trap heuristics (`[traps]`: URL length, repeated path segments,
 //!   exploding query values)
 //! - `schedule`: dupefilter check, publish, await acks, dupefilter add (`Dedup`, the
@@ -14,6 +16,7 @@ pub mod error;
 pub mod extract;
 pub mod schedule;
 pub mod service;
+pub mod sitemap;
 pub mod traps;
 
 pub use error::ParseError;

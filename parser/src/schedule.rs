@@ -70,6 +70,22 @@ impl Planner {
         }
     }
 
+    /// Plan what a page at `depth` yielded: its links at `depth + 1` (with their
+    /// sitemap `lastmod`), and the sitemaps it named at their own depths.
+    pub async fn plan_extracted(&self, extracted: &crate::Extracted, depth: u32) -> Vec<Planned> {
+        let mut planned = self.plan(&extracted.links, depth.saturating_add(1)).await;
+        for (p, lastmod) in planned.iter_mut().zip(&extracted.lastmods) {
+            p.request.lastmod.clone_from(lastmod);
+        }
+        for (url, depth) in &extracted.sitemaps {
+            for mut p in self.plan(std::slice::from_ref(url), *depth).await {
+                p.request.sitemap = true;
+                planned.push(p);
+            }
+        }
+        planned
+    }
+
     /// Plan requests for canonical URLs at `depth`. The message id carries the depth,
     /// so a URL planned again at a shallower depth is not taken for a duplicate.
     pub async fn plan(&self, urls: &[Url], depth: u32) -> Vec<Planned> {
@@ -96,6 +112,8 @@ impl Planner {
                     // Only an address needs carrying: host and domain keys are derived
                     // from the URL the same way everywhere.
                     key: (self.keys.per() == PolitenessPer::Ip).then_some(key),
+                    sitemap: false,
+                    lastmod: None,
                 },
             });
         }

@@ -172,6 +172,7 @@ async fn handle_page(ctx: Arc<Ctx>, msg: jetstream::Message) -> Disposition {
     let span = tracing::info_span!("page", url = %page.url, status = ?page.status);
     async {
         let depth = page.depth;
+        let page_url = page.url.clone();
         let redirect_target = ctx.rules.redirect_target(&page);
         // Parsing is CPU work: keep it off the async workers.
         let extracted = match ctx.rules.parse_off_runtime(page).await {
@@ -179,6 +180,7 @@ async fn handle_page(ctx: Arc<Ctx>, msg: jetstream::Message) -> Disposition {
             Err(e) => return Disposition::Dead(format!("parser failed on this page: {e}")),
         };
         crate::traps::count_refusals(&ctx.metrics, &extracted.refused);
+        crate::sitemap::report(&ctx.metrics, &page_url, &extracted);
         if extracted.links_capped > 0 {
             tracing::warn!(
                 followed = extracted.links.len(),
@@ -193,7 +195,7 @@ async fn handle_page(ctx: Arc<Ctx>, msg: jetstream::Message) -> Disposition {
             requests: ctx
                 .scheduler
                 .planner
-                .plan(&extracted.links, depth.saturating_add(1))
+                .plan_extracted(&extracted, depth)
                 .await,
             forced: Vec::new(),
             items: extracted.items,

@@ -41,6 +41,10 @@ pub struct Spider {
     /// Obey robots.txt (Disallow and Crawl-delay).
     #[serde(default = "default_true")]
     pub obey_robots: bool,
+    /// Follow sitemaps: robots.txt `Sitemap:` lines (read when `obey_robots`), and
+    /// pages that are XML sitemaps or sitemap indexes (plain or gzipped).
+    #[serde(default = "default_true")]
+    pub sitemaps: bool,
     /// Query parameters dropped before fingerprinting (glob patterns).
     #[serde(default = "default_strip_query_params")]
     pub strip_query_params: Vec<String>,

@@ -102,6 +102,10 @@ pub struct Metrics {
     pub requests_queued: Gauge,
     /// Links not followed: a trap heuristic or a page budget, by reason.
     pub links_refused: Family<Labels, Counter>,
+    /// Pages that were sitemaps or sitemap indexes.
+    pub sitemaps_parsed: Counter,
+    /// Sitemaps cut at the protocol's caps, by cap (`urls`, `bytes`).
+    pub sitemaps_capped: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -150,7 +154,19 @@ impl Metrics {
             hosts_queued: Gauge::default(),
             requests_queued: Gauge::default(),
             links_refused: Family::default(),
+            sitemaps_parsed: Counter::default(),
+            sitemaps_capped: Family::default(),
         };
+        r.register(
+            "sitemaps_parsed",
+            "Pages that were XML sitemaps or sitemap indexes",
+            m.sitemaps_parsed.clone(),
+        );
+        r.register(
+            "sitemaps_capped",
+            "Sitemaps cut at the protocol's caps (50,000 URLs, 50 MB decompressed), by cap",
+            m.sitemaps_capped.clone(),
+        );
         r.register(
             "links_refused",
             "Links not followed, by reason: path_repeat, url_length, query_values (trap \

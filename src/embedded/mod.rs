@@ -299,14 +299,13 @@ async fn parse_pages(mut stage: ParseStage) {
             metrics.items_extracted.inc_by(extracted.items.len() as u64);
             metrics.links_capped.inc_by(extracted.links_capped as u64);
             jetcrawl_parser::traps::count_refusals(&metrics, &extracted.refused);
+            jetcrawl_parser::sitemap::report(&metrics, &url, &extracted);
+            let requests = planner.plan_extracted(&extracted, depth).await;
             for item in extracted.items {
                 if items.send(item).await.is_err() {
                     break; // the sink failed; the crawl is stopping
                 }
             }
-            let requests = planner
-                .plan(&extracted.links, depth.saturating_add(1))
-                .await;
             let _ = events
                 .send(Event::Parsed {
                     requests,
