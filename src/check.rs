@@ -69,6 +69,8 @@ pub async fn run(opts: CheckOptions) -> anyhow::Result<()> {
                 body: Bytes::from(text),
                 lastmod: None,
                 sitemaps: Vec::new(),
+                etag: None,
+                last_modified: None,
             }
         }
         fetch_from => {
@@ -143,6 +145,8 @@ async fn fetch(spider: &CompiledSpider, url: &Url) -> anyhow::Result<Page> {
         key: None,
         sitemap: false,
         lastmod: None,
+        etag: None,
+        last_modified: None,
     };
     match fetcher.fetch(&req, None).await {
         FetchOutcome::Page(page) => Ok(*page),

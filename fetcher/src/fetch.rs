@@ -256,7 +256,11 @@ impl Fetcher {
         }
         permit.start();
         let fetch_started = tokio::time::Instant::now();
-        let result = self.http.get(&url).await;
+        let conditional = crate::http::Validators {
+            etag: req.etag.clone(),
+            last_modified: req.last_modified.clone(),
+        };
+        let result = self.http.get_if(&url, &conditional).await;
         let tries = req.tries.saturating_add(1);
         let max_tries = self.spider.spider.http.max_tries;
         if let Ok(resp) = &result {
@@ -320,6 +324,15 @@ impl Fetcher {
                 };
                 let final_url = canon::canonicalize(&resp.final_url, &self.spider.query_filter)
                     .unwrap_or(resp.final_url);
+                // A 304 confirms the validators it was asked with (it may repeat them).
+                let validators = if resp.status == 304 {
+                    crate::http::Validators {
+                        etag: resp.validators.etag.or(conditional.etag),
+                        last_modified: resp.validators.last_modified.or(conditional.last_modified),
+                    }
+                } else {
+                    resp.validators
+                };
                 FetchOutcome::Page(Box::new(Page {
                     fingerprint: url_fingerprint(&url),
                     url,
@@ -337,6 +350,8 @@ impl Fetcher {
                     body,
                     lastmod: None,
                     sitemaps: Vec::new(),
+                    etag: validators.etag,
+                    last_modified: validators.last_modified,
                 }))
             }
             Err(e) if e.is_retryable() && tries < max_tries => {
@@ -439,6 +454,8 @@ impl Fetcher {
             body: Bytes::new(),
             lastmod: None,
             sitemaps: Vec::new(),
+            etag: None,
+            last_modified: None,
         }
     }
 }

@@ -527,6 +527,8 @@ missing = "span.nope"
             body: Bytes::from(html.to_string()),
             lastmod: None,
             sitemaps: Vec::new(),
+            etag: None,
+            last_modified: None,
         }
     }
 

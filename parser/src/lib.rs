@@ -9,11 +9,13 @@
 //!   exploding query values)
 //! - `schedule`: dupefilter check, publish, await acks, dupefilter add (`Dedup`, the
 //!   dupefilter half, is shared with the embedded mode)
+//! - `recrawl`: the next fetch of a page (`[recrawl]`), a JetStream message schedule
 //! - `service`: the JetStream loops over pages and seeds
 //! - `error`: classified errors
 
 pub mod error;
 pub mod extract;
+pub mod recrawl;
 pub mod schedule;
 pub mod service;
 pub mod sitemap;

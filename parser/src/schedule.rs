@@ -114,6 +114,8 @@ impl Planner {
                     key: (self.keys.per() == PolitenessPer::Ip).then_some(key),
                     sitemap: false,
                     lastmod: None,
+                    etag: None,
+                    last_modified: None,
                 },
             });
         }

@@ -173,6 +173,14 @@ async fn handle_page(ctx: Arc<Ctx>, msg: jetstream::Message) -> Disposition {
     async {
         let depth = page.depth;
         let page_url = page.url.clone();
+        if page.status == Some(304) {
+            ctx.metrics.pages_not_modified.inc();
+        }
+        // Only the metadata is needed to schedule the next fetch, not the body.
+        let recrawl_of = ctx.rules.spider().spider.recrawl.is_some().then(|| Page {
+            body: Bytes::new(),
+            ..page.clone()
+        });
         let redirect_target = ctx.rules.redirect_target(&page);
         // Parsing is CPU work: keep it off the async workers.
         let extracted = match ctx.rules.parse_off_runtime(page).await {
@@ -202,7 +210,14 @@ async fn handle_page(ctx: Arc<Ctx>, msg: jetstream::Message) -> Disposition {
             also_seen: redirect_target.map(|fp| (fp, depth)).into_iter().collect(),
         };
         let source = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-        match emit_holding(&ctx, &emit, source).await {
+        let emitted = match emit_holding(&ctx, &emit, source).await {
+            Some(Ok(new)) => match &recrawl_of {
+                Some(page) => schedule_holding(&ctx, page).await.map(|r| r.map(|_| new)),
+                None => Some(Ok(new)),
+            },
+            other => other,
+        };
+        match emitted {
             Some(Ok(new)) => {
                 jetcrawl_shared::failpoint::hit("parser.after-add");
                 ctx.metrics.pages_parsed.inc();
@@ -287,6 +302,19 @@ async fn handle_seeds(ctx: Arc<Ctx>, msg: jetstream::Message) -> Disposition {
         Some(Err(e)) => Disposition::Dead(e.to_string()),
         None => Disposition::Retry(None),
     }
+}
+
+/// Schedule the page's next fetch (`[recrawl]`), retrying in place while the stream
+/// is unavailable. `None` at shutdown.
+async fn schedule_holding(ctx: &Ctx, page: &Page) -> Option<Result<(), ParseError>> {
+    let scheduled = retry_in_place(&ctx.shutdown, ParseError::is_retryable, || {
+        crate::recrawl::schedule(&ctx.js, ctx.rules.spider(), &ctx.scheduler.planner, page)
+    })
+    .await;
+    if let Some(Ok(true)) = scheduled {
+        ctx.metrics.recrawls_scheduled.inc();
+    }
+    scheduled.map(|r| r.map(|_| ()))
 }
 
 /// Emit, retrying in place while Redis or a stream is unavailable. What was published

@@ -11,7 +11,9 @@ use crate::canon::QueryFilter;
 use crate::error::ConfigError;
 
 mod discovery;
+mod recrawl;
 pub use discovery::{Budget, Traps};
+pub use recrawl::{parse_interval, Recrawl, RecrawlRule};
 
 /// A parsed and validated spider file.
 #[derive(Debug, Clone, Deserialize)]
@@ -63,6 +65,9 @@ pub struct Spider {
     /// Link-trap heuristics.
     #[serde(default)]
     pub traps: Traps,
+    /// Fetch pages again after an interval (conditional GET); none if absent.
+    #[serde(default)]
+    pub recrawl: Option<Recrawl>,
     /// Stream sizes and retention.
     #[serde(default)]
     pub streams: Streams,
@@ -460,6 +465,8 @@ pub struct CompiledSpider {
     pub item_matches: Vec<Regex>,
     /// `strip_query_params`, compiled.
     pub query_filter: QueryFilter,
+    /// `[recrawl] rules`, compiled, in order.
+    pub recrawl_rules: Vec<(Regex, Duration)>,
 }
 
 impl CompiledSpider {
@@ -565,6 +572,18 @@ impl CompiledSpider {
         }
         discovery::validate(&spider.traps, &spider.budget())
             .map_err(|(key, message)| invalid(key, message))?;
+        let mut recrawl_rules = Vec::new();
+        if let Some(recrawl) = &spider.recrawl {
+            parse_interval(&recrawl.interval).map_err(|e| invalid("interval", e))?;
+            for rule in &recrawl.rules {
+                let interval =
+                    parse_interval(&rule.interval).map_err(|e| invalid("interval", e))?;
+                let regex = Regex::new(&rule.url_match).map_err(|e| {
+                    invalid("match", format!("bad regex {:?}: {e}", rule.url_match))
+                })?;
+                recrawl_rules.push((regex, interval));
+            }
+        }
         if spider.sink.batch_size == 0 {
             return Err(invalid("batch_size", "expected at least 1".to_string()));
         }
@@ -622,7 +641,18 @@ impl CompiledSpider {
             follow_deny,
             item_matches,
             query_filter,
+            recrawl_rules,
         })
+    }
+
+    /// When a page fetched now is due again (`None` without `[recrawl]`).
+    pub fn recrawl_interval(&self, url: &str) -> Option<Duration> {
+        let recrawl = self.spider.recrawl.as_ref()?;
+        self.recrawl_rules
+            .iter()
+            .find(|(regex, _)| regex.is_match(url))
+            .map(|(_, interval)| *interval)
+            .or_else(|| parse_interval(&recrawl.interval).ok())
     }
 
     /// The crawl name.

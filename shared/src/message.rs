@@ -51,6 +51,10 @@ pub mod header {
     /// A sitemap the host's robots.txt names (one header value each), on the first
     /// page record after the fetcher read that robots.txt.
     pub const SITEMAP: &str = "Jetcrawl-Sitemap";
+    /// The page's `ETag` (a 304's: the one it confirmed).
+    pub const ETAG: &str = "Jetcrawl-Etag";
+    /// The page's `Last-Modified` (a 304's: the one it confirmed).
+    pub const LAST_MODIFIED: &str = "Jetcrawl-Last-Modified";
 }
 
 /// robots.txt `Sitemap:` URLs carried on one page record at most.
@@ -87,6 +91,12 @@ pub struct CrawlRequest {
     /// The `<lastmod>` of the sitemap entry that listed the URL, as written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lastmod: Option<String>,
+    /// A recrawl: the previous response's `ETag`, sent as `If-None-Match`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// A recrawl: the previous response's `Last-Modified`, sent as `If-Modified-Since`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -219,6 +229,10 @@ pub struct Page {
     /// robots.txt `Sitemap:` URLs of the page's host, on the first page record after
     /// the fetcher read that robots.txt (at most [`MAX_ROBOTS_SITEMAPS`]).
     pub sitemaps: Vec<String>,
+    /// Validators for the next conditional fetch: `ETag`.
+    pub etag: Option<String>,
+    /// Validators for the next conditional fetch: `Last-Modified`.
+    pub last_modified: Option<String>,
 }
 
 impl Page {
@@ -272,6 +286,12 @@ impl Page {
         for sitemap in self.sitemaps.iter().take(MAX_ROBOTS_SITEMAPS) {
             h.append(header::SITEMAP, sanitize_header(sitemap).as_str());
         }
+        if let Some(etag) = &self.etag {
+            h.insert(header::ETAG, sanitize_header(etag).as_str());
+        }
+        if let Some(since) = &self.last_modified {
+            h.insert(header::LAST_MODIFIED, sanitize_header(since).as_str());
+        }
         h
     }
 
@@ -313,6 +333,8 @@ impl Page {
                 .get_all(header::SITEMAP)
                 .map(|v| v.as_str().to_string())
                 .collect(),
+            etag: get(header::ETAG),
+            last_modified: get(header::LAST_MODIFIED),
         })
     }
 }
@@ -427,6 +449,8 @@ mod tests {
                 "http://a.com/s1.xml".into(),
                 "http://a.com/s2.xml.gz".into(),
             ],
+            etag: Some("\"v1\"".into()),
+            last_modified: Some("Tue, 01 Dec 2026 10:00:00 GMT".into()),
         };
         let back = Page::from_message(Some(&page.to_headers()), page.body.clone()).unwrap();
         assert_eq!(back, page);

@@ -106,6 +106,10 @@ pub struct Metrics {
     pub sitemaps_parsed: Counter,
     /// Sitemaps cut at the protocol's caps, by cap (`urls`, `bytes`).
     pub sitemaps_capped: Family<Labels, Counter>,
+    /// Page records of a `304 Not Modified` (recrawls): nothing parsed.
+    pub pages_not_modified: Counter,
+    /// Next fetches scheduled (`[recrawl]`).
+    pub recrawls_scheduled: Counter,
 }
 
 impl Default for Metrics {
@@ -156,7 +160,19 @@ impl Metrics {
             links_refused: Family::default(),
             sitemaps_parsed: Counter::default(),
             sitemaps_capped: Family::default(),
+            pages_not_modified: Counter::default(),
+            recrawls_scheduled: Counter::default(),
         };
+        r.register(
+            "pages_not_modified",
+            "Page records of a 304 Not Modified (recrawls): its items are left as they are",
+            m.pages_not_modified.clone(),
+        );
+        r.register(
+            "recrawls_scheduled",
+            "Next fetches scheduled by [recrawl]",
+            m.recrawls_scheduled.clone(),
+        );
         r.register(
             "sitemaps_parsed",
             "Pages that were XML sitemaps or sitemap indexes",

@@ -84,6 +84,9 @@ pub struct CrawlOptions {
 /// Run a crawl to its end (or until `stop`), print the summary, and return.
 pub async fn run(opts: CrawlOptions, stop: CancellationToken) -> anyhow::Result<()> {
     let spider = CompiledSpider::load(&opts.spider)?;
+    if spider.spider.recrawl.is_some() {
+        tracing::warn!("[recrawl] schedules fetches in JetStream: the embedded mode crawls once");
+    }
     let rules = Arc::new(Rules::new(&spider)?);
     let metrics = Metrics::new();
     let spider = Arc::new(spider);

@@ -7,6 +7,10 @@
 //! - `/cal?d=N`: links to `/cal?d=N+1` (a calendar: one parameter, endless values)
 //! - `/loop/…`: links to `sub/` (a relative link that stacks path segments)
 //! - `/grow/S`: links to `/grow/Sa` (a URL that grows with every click)
+//! - `/stable/X`: never changes: `ETag: "stable-X"`, and `304 Not Modified` to an
+//!   `If-None-Match` with that tag
+//! - `/changing/X`: a new version at every request (`<h1>changing X vN</h1>`,
+//!   `ETag: "vN"`), whatever the request says
 //!
 //! A file a test puts ([`DiscoverySite::put`]) overrides the generated page at its path
 //! (query included), robots.txt included (default: allow all).
@@ -193,6 +197,41 @@ async fn handle(State(ctx): State<HostCtx>, req: Request) -> Response {
     }
     let path = req.uri().path();
     let query = req.uri().query().unwrap_or_default();
+    if let Some(name) = path.strip_prefix("/stable/") {
+        let etag = format!("\"stable-{name}\"");
+        let matches = req
+            .headers()
+            .get(header::IF_NONE_MATCH)
+            .is_some_and(|v| v.as_bytes() == etag.as_bytes());
+        let resp = Response::builder().header(header::ETAG, etag.as_str());
+        return if matches {
+            resp.status(StatusCode::NOT_MODIFIED)
+                .body(Body::empty())
+                .expect("response")
+        } else {
+            resp.header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+                .body(Body::from(page(&format!("stable {name}"), &[])))
+                .expect("response")
+        };
+    }
+    if let Some(name) = path.strip_prefix("/changing/") {
+        let version = ctx
+            .site
+            .log
+            .lock()
+            .expect("log")
+            .iter()
+            .filter(|h| h.host == ctx.host && h.target == target)
+            .count();
+        return Response::builder()
+            .header(header::ETAG, format!("\"v{version}\""))
+            .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+            .body(Body::from(page(
+                &format!("changing {name} v{version}"),
+                &[],
+            )))
+            .expect("response");
+    }
     let body = match path {
         "/robots.txt" => {
             return Response::builder()
