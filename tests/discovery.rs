@@ -201,6 +201,27 @@ async fn budgets_hold_exactly_across_parsers_and_a_redelivered_seed() {
     h.stop_all(&mut all).await;
 }
 
+/// The budget script on a 3-master Redis Cluster: its two keys share a hash tag, so
+/// one master answers for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_hold_exactly_on_a_redis_cluster() {
+    let h = Harness::start_on_redis_cluster(HarnessOptions::default()).await;
+    let site = DiscoverySite::start(2).await;
+    h.write_spider(&spider(&h.crawl, &site, 2, BUDGET, ""));
+    let mut services = vec![
+        h.spawn(Role::Fetcher),
+        h.spawn(Role::Parser),
+        h.spawn(Role::Parser),
+        h.spawn(Role::Sink),
+    ];
+    h.wait_topology(STARTUP).await;
+    h.seed(&[&format!("{}/", site.base(0))]).await;
+    h.wait_idle(CRAWL).await;
+    assert_budget_held(&site);
+    let mut all: Vec<&mut common::Service> = services.iter_mut().collect();
+    h.stop_all(&mut all).await;
+}
+
 // ------------------------------------------------------------------------------------
 // traps
 

@@ -29,7 +29,6 @@ pub async fn next_fetch(
     planner: &Planner,
     page: &Page,
 ) -> Option<(String, String, HeaderMap, Bytes)> {
-    page.status?;
     let interval = spider.recrawl_interval(page.url.as_str())?;
     let due = page.fetched_at + chrono::Duration::from_std(interval).ok()?;
     let mut planned = planner
