@@ -208,7 +208,7 @@ async fn budgets_hold_exactly_on_a_redis_cluster() {
     let h = Harness::start_on_redis_cluster(HarnessOptions::default()).await;
     let site = DiscoverySite::start(2).await;
     h.write_spider(&spider(&h.crawl, &site, 2, BUDGET, ""));
-    let mut services = vec![
+    let mut services = [
         h.spawn(Role::Fetcher),
         h.spawn(Role::Parser),
         h.spawn(Role::Parser),
