@@ -82,18 +82,17 @@ impl TrapGuard {
     }
 
     fn path_repeats(&self, url: &Url) -> bool {
-        let Some(segments) = url.path_segments() else {
+        // Paths are short: comparing each segment with the ones after it costs less
+        // than a map per link (this runs for every link of every page).
+        let path = url.path();
+        let segments = || path.split('/').filter(|s| !s.is_empty());
+        let limit = self.config.max_path_repeats;
+        if segments().count() <= limit {
             return false;
-        };
-        let mut counts: HashMap<&str, usize> = HashMap::new();
-        for segment in segments.filter(|s| !s.is_empty()) {
-            let n = counts.entry(segment).or_insert(0);
-            *n += 1;
-            if *n > self.config.max_path_repeats {
-                return true;
-            }
         }
-        false
+        segments()
+            .enumerate()
+            .any(|(i, seg)| segments().skip(i).filter(|s| *s == seg).count() > limit)
     }
 
     fn query_values(&self, url: &Url) -> Option<Trap> {
