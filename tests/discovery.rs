@@ -661,3 +661,60 @@ async fn recrawl_fetches_conditionally_and_updates_only_what_changed() {
     h.stop_all(&mut [&mut fetcher, &mut parser, &mut sink])
         .await;
 }
+
+/// The schedules are stream messages: with every service stopped when pages come due,
+/// the recrawls wait in JetStream and happen once services are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recrawl_schedules_survive_a_restart_of_every_service() {
+    let h = Harness::start(HarnessOptions::default()).await;
+    let site = DiscoverySite::start(1).await;
+    let url = format!("{}/stable/a", site.base(0));
+    let toml = spider(
+        &h.crawl,
+        &site,
+        1,
+        "max_depth = 1",
+        "[recrawl]\ninterval = \"3s\"\n",
+    );
+    h.write_spider(&toml);
+    let [mut fetcher, mut parser, mut sink] = h.spawn_pipeline();
+    h.wait_topology(STARTUP).await;
+    h.seed(&[&url]).await;
+    h.wait_until(
+        CRAWL,
+        "the page fetched and its next fetch scheduled",
+        || async {
+            let (_, metrics) = parser.http_get("/metrics").await;
+            metrics
+                .lines()
+                .any(|l| l == "jetcrawl_recrawls_scheduled_total 1")
+        },
+    )
+    .await;
+    h.stop_all(&mut [&mut fetcher, &mut parser, &mut sink])
+        .await;
+    assert_eq!(site.requests_under(0, "/stable/a").len(), 1);
+    // Down past the due time: the request waits in FRONTIER, moved there by the server.
+    let js = common::jetstream::connect(&h.nats.url()).await;
+    let frontier = common::jetstream::stream_name(&h.crawl, "FRONTIER");
+    h.wait_until(CRAWL, "the recrawl came due into FRONTIER", || async {
+        common::jetstream::stream_messages(&js, &frontier)
+            .await
+            .is_some_and(|n| n >= 1)
+    })
+    .await;
+    assert_eq!(
+        site.requests_under(0, "/stable/a").len(),
+        1,
+        "nothing fetches while every service is down"
+    );
+    let [mut fetcher, mut parser, mut sink] = h.spawn_pipeline();
+    h.wait_until(
+        CRAWL,
+        "the page fetched again after the restart",
+        || async { site.requests_under(0, "/stable/a").len() >= 2 },
+    )
+    .await;
+    h.stop_all(&mut [&mut fetcher, &mut parser, &mut sink])
+        .await;
+}
