@@ -42,12 +42,17 @@ struct Ctx {
     metrics: Metrics,
     /// Stops retries in place at shutdown.
     shutdown: CancellationToken,
+    /// Schedule each page's next fetch (`[recrawl]`; never in a replay, whose pages'
+    /// next fetches were scheduled when they were first parsed).
+    recrawl: bool,
 }
 
 impl Ctx {
+    /// `recrawl`: whether pages parsed here schedule their next fetch (`[recrawl]`).
     async fn new(
         cfg: &ParserConfig,
         shutdown: &CancellationToken,
+        recrawl: bool,
     ) -> Result<Arc<Self>, ParseError> {
         let rules = Arc::new(Rules::new(&cfg.spider)?);
         let js = jetstream::new(cfg.nats.clone());
@@ -66,6 +71,7 @@ impl Ctx {
             names,
             metrics: cfg.metrics.clone(),
             shutdown: shutdown.clone(),
+            recrawl: recrawl && cfg.spider.spider.recrawl.is_some(),
         }))
     }
 
@@ -84,7 +90,7 @@ impl Ctx {
 
 /// Run until `shutdown`, then finish in-flight pages and return.
 pub async fn run(cfg: ParserConfig, shutdown: CancellationToken) -> Result<(), ParseError> {
-    let ctx = Ctx::new(&cfg, &shutdown).await?;
+    let ctx = Ctx::new(&cfg, &shutdown, true).await?;
     let spider = Arc::new(cfg.spider.spider.clone());
     let pages_ctx = ctx.clone();
     let pages = consume::consume(
@@ -118,7 +124,7 @@ pub async fn replay(
     start: ReplayStart,
     shutdown: CancellationToken,
 ) -> Result<u64, ParseError> {
-    let ctx = Ctx::new(&cfg, &shutdown).await?;
+    let ctx = Ctx::new(&cfg, &shutdown, false).await?;
     let name = format!("replay-{}", chrono::Utc::now().timestamp_millis());
     let caught_up = shutdown.child_token();
     let watcher = tokio::spawn(watch_caught_up(
@@ -177,7 +183,7 @@ async fn handle_page(ctx: Arc<Ctx>, msg: jetstream::Message) -> Disposition {
             ctx.metrics.pages_not_modified.inc();
         }
         // Only the metadata is needed to schedule the next fetch, not the body.
-        let recrawl_of = ctx.rules.spider().spider.recrawl.is_some().then(|| Page {
+        let recrawl_of = ctx.recrawl.then(|| Page {
             body: Bytes::new(),
             ..page.clone()
         });
