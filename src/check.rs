@@ -67,6 +67,10 @@ pub async fn run(opts: CheckOptions) -> anyhow::Result<()> {
                 error: None,
                 error_kind: None,
                 body: Bytes::from(text),
+                lastmod: None,
+                sitemaps: Vec::new(),
+                etag: None,
+                last_modified: None,
             }
         }
         fetch_from => {
@@ -139,6 +143,10 @@ async fn fetch(spider: &CompiledSpider, url: &Url) -> anyhow::Result<Page> {
         page_id: None,
         last_error: None,
         key: None,
+        sitemap: false,
+        lastmod: None,
+        etag: None,
+        last_modified: None,
     };
     match fetcher.fetch(&req, None).await {
         FetchOutcome::Page(page) => Ok(*page),

@@ -159,8 +159,23 @@ impl Fetcher {
     }
 
     /// Fetch one request. With a `lease`, nothing is sent to the host unless the
-    /// lease on its partition still holds at that moment.
+    /// lease on its partition still holds at that moment. A page record carries the
+    /// request's sitemap `lastmod`, and the host's robots.txt `Sitemap:` URLs the first
+    /// time a record of that host is made after robots.txt was read.
     pub async fn fetch(&self, req: &CrawlRequest, lease: Option<&Lease>) -> FetchOutcome {
+        let mut outcome = self.fetch_once(req, lease).await;
+        if let FetchOutcome::Page(page) = &mut outcome {
+            page.lastmod.clone_from(&req.lastmod);
+            if self.spider.spider.sitemaps {
+                if let Some(robots) = &self.robots {
+                    page.sitemaps = robots.take_sitemaps(&page.url);
+                }
+            }
+        }
+        outcome
+    }
+
+    async fn fetch_once(&self, req: &CrawlRequest, lease: Option<&Lease>) -> FetchOutcome {
         let started = tokio::time::Instant::now();
         let url = match Url::parse(&req.url) {
             Ok(url) => url,
@@ -241,7 +256,11 @@ impl Fetcher {
         }
         permit.start();
         let fetch_started = tokio::time::Instant::now();
-        let result = self.http.get(&url).await;
+        let conditional = crate::http::Validators {
+            etag: req.etag.clone(),
+            last_modified: req.last_modified.clone(),
+        };
+        let result = self.http.get_if(&url, &conditional).await;
         let tries = req.tries.saturating_add(1);
         let max_tries = self.spider.spider.http.max_tries;
         if let Ok(resp) = &result {
@@ -294,12 +313,26 @@ impl Fetcher {
                         truncated = true;
                     }
                     (Bytes::from(text), Some(charset.to_string()))
+                } else if self.spider.spider.sitemaps
+                    && (req.sitemap || url.path().ends_with(".gz"))
+                {
+                    // A gzipped sitemap: the parser decompresses it (within its caps).
+                    (resp.body, None)
                 } else {
                     // Not something the parser reads: keep the record, not the bytes.
                     (Bytes::new(), None)
                 };
                 let final_url = canon::canonicalize(&resp.final_url, &self.spider.query_filter)
                     .unwrap_or(resp.final_url);
+                // A 304 confirms the validators it was asked with (it may repeat them).
+                let validators = if resp.status == 304 {
+                    crate::http::Validators {
+                        etag: resp.validators.etag.or(conditional.etag),
+                        last_modified: resp.validators.last_modified.or(conditional.last_modified),
+                    }
+                } else {
+                    resp.validators
+                };
                 FetchOutcome::Page(Box::new(Page {
                     fingerprint: url_fingerprint(&url),
                     url,
@@ -315,6 +348,10 @@ impl Fetcher {
                     error: None,
                     error_kind: None,
                     body,
+                    lastmod: None,
+                    sitemaps: Vec::new(),
+                    etag: validators.etag,
+                    last_modified: validators.last_modified,
                 }))
             }
             Err(e) if e.is_retryable() && tries < max_tries => {
@@ -415,6 +452,10 @@ impl Fetcher {
             error: Some(err.message),
             error_kind: Some(err.kind.to_string()),
             body: Bytes::new(),
+            lastmod: None,
+            sitemaps: Vec::new(),
+            etag: None,
+            last_modified: None,
         }
     }
 }

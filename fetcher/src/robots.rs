@@ -82,6 +82,8 @@ struct Entry {
 struct Fetched {
     rules: Rules,
     expires_at: Instant,
+    /// Its `Sitemap:` URLs, until one page record carries them ([`RobotsCache::take_sitemaps`]).
+    sitemaps: Mutex<Vec<String>>,
 }
 
 enum Rules {
@@ -132,6 +134,30 @@ impl RobotsCache {
             fetched.expires_at.saturating_duration_since(now),
             since,
         )
+    }
+}
+
+impl RobotsCache {
+    /// The `Sitemap:` URLs of `url`'s robots.txt, the first time they are asked for
+    /// after it was read (empty after that, and before it is read). A fetcher hands
+    /// them over on a page record, so that the parser schedules them; one that dies
+    /// first loses its cache too, and reads robots.txt (and hands them over) again.
+    pub fn take_sitemaps(&self, url: &url::Url) -> Vec<String> {
+        let Some(origin) = origin_of(url) else {
+            return Vec::new();
+        };
+        let entries = self
+            .inner
+            .entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        entries
+            .get(&origin)
+            .and_then(|e| e.rules.get())
+            .map(|f| {
+                std::mem::take(&mut *f.sitemaps.lock().unwrap_or_else(PoisonError::into_inner))
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -188,6 +214,7 @@ impl Inner {
             return Fetched {
                 rules: Rules::AllowAll,
                 expires_at: Instant::now() + self.ttl,
+                sitemaps: Mutex::default(),
             };
         };
         // Through the host's gate, ahead of its pages (priority 0).
@@ -201,6 +228,7 @@ impl Inner {
                             unreachable: false,
                         },
                         expires_at: Instant::now() + backlog.retry_after,
+                        sitemaps: Mutex::default(),
                     }
                 }
             },
@@ -234,9 +262,19 @@ impl Inner {
             _ => self.ttl,
         };
         tracing::debug!(origin, rules = rules.label(), "robots.txt fetched");
+        let sitemaps = match &rules {
+            Rules::Parsed(robot) => robot
+                .sitemaps
+                .iter()
+                .take(jetcrawl_shared::message::MAX_ROBOTS_SITEMAPS)
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        };
         Fetched {
             rules,
             expires_at: Instant::now() + lifetime,
+            sitemaps: Mutex::new(sitemaps),
         }
     }
 

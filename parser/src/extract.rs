@@ -15,13 +15,17 @@ use jetcrawl_shared::CompiledSpider;
 
 use crate::error::ParseError;
 use crate::stream::{Scan, StreamPlan};
+use crate::traps::{Trap, TrapGuard};
 
-/// Links longer than this are traps or garbage, not pages (Nutch and Heritrix cap
-/// URLs near the same length).
-pub const MAX_URL_LEN: usize = 2048;
+/// An href this many times `[traps] max_url_length` is garbage: not even
+/// canonicalized (nor counted as a trap).
+const HREF_GARBAGE_FACTOR: usize = 8;
 
 /// Links whose verdict [`LinkMemo`] keeps; cleared when full.
 const LINK_MEMO_CAPACITY: usize = 16_384;
+
+/// A page's links to follow, and those a trap heuristic refused, with the reason.
+type Links = (Vec<Url>, Vec<(Url, Trap)>);
 
 /// Extraction rules with their selectors compiled once.
 #[derive(Debug)]
@@ -34,6 +38,7 @@ pub struct Rules {
     memo: LinkMemo,
     /// The streaming fast path, when every selector allows it (`stream.rs`).
     stream: Option<StreamPlan>,
+    traps: TrapGuard,
 }
 
 /// What [`Rules::follow`] decided for links that recur on page after page (a site's
@@ -115,6 +120,17 @@ pub struct Extracted {
     pub links_capped: usize,
     /// Whether the streaming fast path read the page (else the DOM did).
     pub streamed: bool,
+    /// In-scope links refused by a trap heuristic, with the reason.
+    pub refused: Vec<(Url, Trap)>,
+    /// For a sitemap's links: each one's `<lastmod>` (same order as `links`; empty
+    /// for an HTML page).
+    pub lastmods: Vec<Option<String>>,
+    /// Sitemaps to fetch, with the depth to schedule them at: a sitemap index's
+    /// entries (its own depth) and the robots.txt `Sitemap:` URLs the page record
+    /// carried (depth 0).
+    pub sitemaps: Vec<(Url, u32)>,
+    /// Set when the page was a sitemap.
+    pub sitemap: Option<crate::sitemap::Summary>,
 }
 
 impl Rules {
@@ -179,6 +195,7 @@ impl Rules {
             links: fixed("a[href], area[href]")?,
             base: fixed("base[href]")?,
             memo: LinkMemo::default(),
+            traps: TrapGuard::new(spider.spider.traps.clone()),
         })
     }
 
@@ -209,10 +226,11 @@ impl Rules {
         tokio::task::spawn_blocking(move || rules.parse(page.borrow())).await
     }
 
-    /// Items and links of a page. Only 2xx HTML pages yield anything.
+    /// Items and links of a page. Only 2xx HTML pages and sitemaps yield anything
+    /// (besides the robots.txt sitemaps any page record may carry).
     ///
-    /// Pages the streaming fast path can read exactly take it (`stream.rs`); the rest
-    /// are parsed into a DOM. With `JETCRAWL_CHECK_FAST_PATH=1` in the environment
+    /// HTML pages the streaming fast path can read exactly take it (`stream.rs`); the
+    /// rest are parsed into a DOM. With `JETCRAWL_CHECK_FAST_PATH=1` in the environment
     /// (the test suite sets it) every streamed page is parsed both ways and a
     /// difference panics, naming the page.
     pub fn parse(&self, page: &Page) -> Extracted {
@@ -222,6 +240,7 @@ impl Rules {
             assert!(
                 dom.items == extracted.items
                     && dom.links == extracted.links
+                    && dom.refused == extracted.refused
                     && dom.links_capped == extracted.links_capped,
                 "fast path and DOM differ on {}:\nfast: {extracted:?}\nDOM: {dom:?}",
                 page.url
@@ -236,8 +255,16 @@ impl Rules {
     }
 
     fn parse_with(&self, page: &Page, fast: bool) -> Extracted {
+        let robots_sitemaps = self.robots_sitemaps(page);
+        if let Some(mut extracted) = self.parse_sitemap(page) {
+            extracted.sitemaps.extend(robots_sitemaps);
+            return extracted;
+        }
         if !page.is_parseable_html() {
-            return Extracted::default();
+            return Extracted {
+                sitemaps: robots_sitemaps,
+                ..Extracted::default()
+            };
         }
         // The fetcher hands over UTF-8; validating is faster than the lossy path.
         let text = match std::str::from_utf8(&page.body) {
@@ -260,7 +287,7 @@ impl Rules {
             .filter(|_| fast)
             .and_then(|plan| plan.scan(&text, &wanted, follow));
         let streamed = scan.is_some();
-        let (items, links) = match scan {
+        let (items, (links, refused)) = match scan {
             Some(scan) => self.read_scan(scan, &wanted, &page_url, page, follow, page_host),
             None => self.read_dom(&text, &wanted, &page_url, page, follow, page_host),
         };
@@ -273,6 +300,9 @@ impl Rules {
             links,
             links_capped,
             streamed,
+            refused,
+            sitemaps: robots_sitemaps,
+            ..Extracted::default()
         }
     }
 
@@ -285,7 +315,7 @@ impl Rules {
         page: &Page,
         follow: bool,
         page_host: Option<&str>,
-    ) -> (Vec<Item>, Vec<Url>) {
+    ) -> (Vec<Item>, Links) {
         let doc = Html::parse_document(text);
         // <base href> changes how relative links resolve.
         let base = resolve_base(
@@ -318,7 +348,7 @@ impl Rules {
                 .filter_map(|el| el.value().attr("href"));
             self.links(hrefs, &base, page_host)
         } else {
-            Vec::new()
+            Default::default()
         };
         (items, links)
     }
@@ -333,7 +363,7 @@ impl Rules {
         page: &Page,
         follow: bool,
         page_host: Option<&str>,
-    ) -> (Vec<Item>, Vec<Url>) {
+    ) -> (Vec<Item>, Links) {
         let base = resolve_base(scan.base.as_deref(), page);
         // The scan's values are for the wanted rules only, in order.
         let mut per_rule = std::mem::take(&mut scan.values).into_iter();
@@ -347,7 +377,7 @@ impl Rules {
         let links = if follow {
             self.links(scan.hrefs.iter().map(String::as_str), &base, page_host)
         } else {
-            Vec::new()
+            Default::default()
         };
         (items, links)
     }
@@ -389,7 +419,7 @@ impl Rules {
     /// otherwise): the host it was requested from, which was in scope or a seed's. A
     /// redirect's target counts only within the same registrable domain (`a.test` to
     /// `www.a.test`): one off-site redirect must not put a whole foreign site in scope.
-    fn own_host<'a>(&self, page: &'a Page, final_url: &'a Url) -> Option<&'a str> {
+    pub(crate) fn own_host<'a>(&self, page: &'a Page, final_url: &'a Url) -> Option<&'a str> {
         if !self.spider.spider.allowed_domains.is_empty() {
             return None;
         }
@@ -403,14 +433,16 @@ impl Rules {
         }
     }
 
+    /// Links to follow, and those a trap heuristic refused.
     fn links<'h>(
         &self,
         hrefs: impl Iterator<Item = &'h str>,
         base: &Url,
         page_host: Option<&str>,
-    ) -> Vec<Url> {
+    ) -> Links {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
+        let mut refused = Vec::new();
         for href in hrefs {
             let href = href.trim();
             let key = LinkMemo::key(href, base, page_host);
@@ -426,23 +458,24 @@ impl Rules {
             };
             if let Some(url) = verdict {
                 if seen.insert(xxhash_rust::xxh3::xxh3_64(url.as_str().as_bytes())) {
-                    out.push(url);
+                    match self.traps.check(&url) {
+                        None => out.push(url),
+                        Some(trap) => refused.push((url, trap)),
+                    }
                 }
             }
         }
-        out
+        (out, refused)
     }
 
     /// Canonicalize a link and apply scope and follow rules; `None` if not to be
     /// followed. `page_host`: the host its page adds to the scope, if any.
+    /// Trap heuristics are not applied here ([`Rules::trap`]).
     pub fn follow(&self, href: &str, base: Option<&Url>, page_host: Option<&str>) -> Option<Url> {
-        if href.len() > MAX_URL_LEN {
+        if href.len() > HREF_GARBAGE_FACTOR * self.traps.max_url_length() {
             return None;
         }
         let url = canon::canonicalize_str(href, base, &self.spider.query_filter).ok()?;
-        if url.as_str().len() > MAX_URL_LEN {
-            return None;
-        }
         let host = url.host_str()?;
         // With no allowed_domains, the seeds' hosts are the scope: a page was fetched
         // only if in scope, so its own host counts too.
@@ -451,6 +484,30 @@ impl Rules {
             return None;
         }
         self.allowed_by_rules(&url).then_some(url)
+    }
+
+    /// A sitemap's URL (from robots.txt or a sitemap index), canonical, in scope (or
+    /// on `page_host`) and not denied by `follow.deny`; `follow.allow` is for pages, so
+    /// it does not apply.
+    pub fn sitemap_url(&self, raw: &str, page_host: Option<&str>) -> Option<Url> {
+        if raw.len() > self.traps.max_url_length() {
+            return None;
+        }
+        let url = canon::canonicalize_str(raw.trim(), None, &self.spider.query_filter).ok()?;
+        let host = url.host_str()?;
+        let in_scope = host_in_scope(host, &self.scope) || Some(host) == page_host;
+        let denied = self
+            .spider
+            .follow_deny
+            .iter()
+            .any(|r| r.is_match(url.as_str()));
+        (in_scope && !denied).then_some(url)
+    }
+
+    /// Whether a canonical URL to follow looks like a link trap (`[traps]`); a URL let
+    /// through has its query values counted.
+    pub fn trap(&self, url: &Url) -> Option<Trap> {
+        self.traps.check(url)
     }
 
     /// `follow.allow` / `follow.deny` on a canonical URL.
@@ -613,6 +670,10 @@ missing = "span.nope"
             error: None,
             error_kind: None,
             body: Bytes::from(html.to_string()),
+            lastmod: None,
+            sitemaps: Vec::new(),
+            etag: None,
+            last_modified: None,
         }
     }
 

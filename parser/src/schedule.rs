@@ -10,8 +10,8 @@ use futures::future::try_join_all;
 use url::Url;
 
 use jetcrawl_shared::canon::{partition, url_fingerprint};
-use jetcrawl_shared::config::PolitenessPer;
-use jetcrawl_shared::dupefilter::{tracked_depth, Dupefilter, Seen};
+use jetcrawl_shared::config::{Budget, PolitenessPer};
+use jetcrawl_shared::dupefilter::{tracked_depth, Ask, Dupefilter, Seen};
 use jetcrawl_shared::hostkey::HostKeys;
 use jetcrawl_shared::message::{item_msg_id, request_id, CrawlRequest, Item};
 use jetcrawl_shared::telemetry::Metrics;
@@ -44,6 +44,8 @@ pub struct Planner {
     pub keys: HostKeys,
     /// The spider's `max_depth`.
     pub max_depth: u32,
+    /// The spider's page budgets.
+    pub budget: Budget,
 }
 
 impl Planner {
@@ -54,7 +56,34 @@ impl Planner {
             partitions: spider.streams.partitions,
             keys: HostKeys::new(spider.politeness.per),
             max_depth: spider.max_depth,
+            budget: spider.budget(),
         }
+    }
+
+    /// The dupefilter half of scheduling for this planner's spider.
+    pub fn dedup(&self, dupefilter: Dupefilter, metrics: Metrics) -> Dedup {
+        Dedup {
+            dupefilter,
+            metrics,
+            max_depth: self.max_depth,
+            budget: self.budget,
+        }
+    }
+
+    /// Plan what a page at `depth` yielded: its links at `depth + 1` (with their
+    /// sitemap `lastmod`), and the sitemaps it named at their own depths.
+    pub async fn plan_extracted(&self, extracted: &crate::Extracted, depth: u32) -> Vec<Planned> {
+        let mut planned = self.plan(&extracted.links, depth.saturating_add(1)).await;
+        for (p, lastmod) in planned.iter_mut().zip(&extracted.lastmods) {
+            p.request.lastmod.clone_from(lastmod);
+        }
+        for (url, depth) in &extracted.sitemaps {
+            for mut p in self.plan(std::slice::from_ref(url), *depth).await {
+                p.request.sitemap = true;
+                planned.push(p);
+            }
+        }
+        planned
     }
 
     /// Plan requests for canonical URLs at `depth`. The message id carries the depth,
@@ -83,6 +112,10 @@ impl Planner {
                     // Only an address needs carrying: host and domain keys are derived
                     // from the URL the same way everywhere.
                     key: (self.keys.per() == PolitenessPer::Ip).then_some(key),
+                    sitemap: false,
+                    lastmod: None,
+                    etag: None,
+                    last_modified: None,
                 },
             });
         }
@@ -132,6 +165,8 @@ pub struct Dedup {
     /// The spider's `max_depth`: nothing is scheduled deeper, so no depth beyond it
     /// is asked about.
     pub max_depth: u32,
+    /// Page budgets: a fresh request is sent only if admitted.
+    pub budget: Budget,
 }
 
 impl Dedup {
@@ -140,7 +175,8 @@ impl Dedup {
         (p.fp, tracked_depth(p.request.depth, self.max_depth))
     }
 
-    /// The requests the dupefilter has not seen, in order (one round trip).
+    /// The requests the dupefilter has not seen and the budget admits, in order (one
+    /// round trip, two with a budget).
     pub async fn fresh(&self, requests: &[Planned]) -> Result<Vec<Planned>, ParseError> {
         let fps: Vec<Seen> = requests.iter().map(|p| self.seen(p)).collect();
         let seen = self.dupefilter.check(&fps).await?;
@@ -150,7 +186,38 @@ impl Dedup {
             .filter(|(_, seen)| !**seen)
             .map(|(p, _)| p.clone())
             .collect();
-        Ok(fresh)
+        self.admit(fresh).await
+    }
+
+    /// The requests the page budgets admit (all, with no budget). Admission is by
+    /// message id and idempotent, so a page handled twice is counted once. A refusal
+    /// is counted in `jetcrawl_links_refused_total{reason}` and logged at debug level.
+    pub async fn admit(&self, planned: Vec<Planned>) -> Result<Vec<Planned>, ParseError> {
+        if !self.budget.is_limited() || planned.is_empty() {
+            return Ok(planned);
+        }
+        let asks: Vec<Ask> = planned
+            .iter()
+            .map(|p| Ask {
+                member: p.msg_id.clone(),
+                host: Url::parse(&p.request.url)
+                    .ok()
+                    .and_then(|u| u.host_str().map(str::to_string))
+                    .unwrap_or_default(),
+            })
+            .collect();
+        let answers = self.dupefilter.admit(&self.budget, &asks).await?;
+        let mut admitted = Vec::with_capacity(planned.len());
+        for (p, answer) in planned.into_iter().zip(answers) {
+            match answer.refusal() {
+                None => admitted.push(p),
+                Some(reason) => {
+                    tracing::debug!(url = %p.request.url, reason, "link refused");
+                    self.metrics.refused(reason).inc();
+                }
+            }
+        }
+        Ok(admitted)
     }
 
     /// After `sent` went downstream: mark them (and `also_seen`) seen and count them
@@ -202,17 +269,15 @@ impl Scheduler {
         source: u64,
         progress: &EmitProgress,
     ) -> Result<usize, ParseError> {
-        let dedup = Dedup {
-            dupefilter: self.dupefilter.clone(),
-            metrics: self.metrics.clone(),
-            max_depth: self.planner.max_depth,
-        };
+        let dedup = self
+            .planner
+            .dedup(self.dupefilter.clone(), self.metrics.clone());
         let sent = progress.sent.lock().map(|s| s.clone()).unwrap_or_default();
         let fresh = match sent {
             Some(fresh) => fresh,
             None => {
                 let mut fresh = dedup.fresh(&emit.requests).await?;
-                fresh.extend(emit.forced.iter().cloned());
+                fresh.extend(dedup.admit(emit.forced.clone()).await?);
                 self.publish(&fresh, &emit.items, source).await?;
                 jetcrawl_shared::failpoint::hit("parser.after-publish");
                 if let Ok(mut sent) = progress.sent.lock() {
@@ -348,6 +413,7 @@ mod tests {
             partitions: 64,
             keys: HostKeys::new(per),
             max_depth: 8,
+            budget: Budget::default(),
         }
     }
 
@@ -382,11 +448,10 @@ mod tests {
                 max_depth,
                 ..planner(PolitenessPer::Host)
             };
-            let dedup = Dedup {
-                dupefilter: Dupefilter::Memory(MemoryDupefilter::default()),
-                metrics: Metrics::new(),
-                max_depth,
-            };
+            let dedup = planner.dedup(
+                Dupefilter::Memory(MemoryDupefilter::default()),
+                Metrics::new(),
+            );
             let deep = planner.plan(std::slice::from_ref(&url), 5).await;
             let sent = dedup.fresh(&deep).await.unwrap();
             dedup.mark_sent(&sent, &[], 1).await.unwrap();

@@ -42,12 +42,17 @@ struct Ctx {
     metrics: Metrics,
     /// Stops retries in place at shutdown.
     shutdown: CancellationToken,
+    /// Schedule each page's next fetch (`[recrawl]`; never in a replay, whose pages'
+    /// next fetches were scheduled when they were first parsed).
+    recrawl: bool,
 }
 
 impl Ctx {
+    /// `recrawl`: whether pages parsed here schedule their next fetch (`[recrawl]`).
     async fn new(
         cfg: &ParserConfig,
         shutdown: &CancellationToken,
+        recrawl: bool,
     ) -> Result<Arc<Self>, ParseError> {
         let rules = Arc::new(Rules::new(&cfg.spider)?);
         let js = jetstream::new(cfg.nats.clone());
@@ -66,6 +71,7 @@ impl Ctx {
             names,
             metrics: cfg.metrics.clone(),
             shutdown: shutdown.clone(),
+            recrawl: recrawl && cfg.spider.spider.recrawl.is_some(),
         }))
     }
 
@@ -84,7 +90,7 @@ impl Ctx {
 
 /// Run until `shutdown`, then finish in-flight pages and return.
 pub async fn run(cfg: ParserConfig, shutdown: CancellationToken) -> Result<(), ParseError> {
-    let ctx = Ctx::new(&cfg, &shutdown).await?;
+    let ctx = Ctx::new(&cfg, &shutdown, true).await?;
     let spider = Arc::new(cfg.spider.spider.clone());
     let pages_ctx = ctx.clone();
     let pages = consume::consume(
@@ -118,7 +124,7 @@ pub async fn replay(
     start: ReplayStart,
     shutdown: CancellationToken,
 ) -> Result<u64, ParseError> {
-    let ctx = Ctx::new(&cfg, &shutdown).await?;
+    let ctx = Ctx::new(&cfg, &shutdown, false).await?;
     let name = format!("replay-{}", chrono::Utc::now().timestamp_millis());
     let caught_up = shutdown.child_token();
     let watcher = tokio::spawn(watch_caught_up(
@@ -172,12 +178,23 @@ async fn handle_page(ctx: Arc<Ctx>, msg: jetstream::Message) -> Disposition {
     let span = tracing::info_span!("page", url = %page.url, status = ?page.status);
     async {
         let depth = page.depth;
+        let page_url = page.url.clone();
+        if page.status == Some(304) {
+            ctx.metrics.pages_not_modified.inc();
+        }
+        // Only the metadata is needed to schedule the next fetch, not the body.
+        let recrawl_of = ctx.recrawl.then(|| Page {
+            body: Bytes::new(),
+            ..page.clone()
+        });
         let redirect_target = ctx.rules.redirect_target(&page);
         // Parsing is CPU work: keep it off the async workers.
         let extracted = match ctx.rules.parse_off_runtime(page).await {
             Ok(x) => x,
             Err(e) => return Disposition::Dead(format!("parser failed on this page: {e}")),
         };
+        crate::traps::count_refusals(&ctx.metrics, &extracted.refused);
+        crate::sitemap::report(&ctx.metrics, &page_url, &extracted);
         if extracted.links_capped > 0 {
             tracing::warn!(
                 followed = extracted.links.len(),
@@ -192,14 +209,21 @@ async fn handle_page(ctx: Arc<Ctx>, msg: jetstream::Message) -> Disposition {
             requests: ctx
                 .scheduler
                 .planner
-                .plan(&extracted.links, depth.saturating_add(1))
+                .plan_extracted(&extracted, depth)
                 .await,
             forced: Vec::new(),
             items: extracted.items,
             also_seen: redirect_target.map(|fp| (fp, depth)).into_iter().collect(),
         };
         let source = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
-        match emit_holding(&ctx, &emit, source).await {
+        let emitted = match emit_holding(&ctx, &emit, source).await {
+            Some(Ok(new)) => match &recrawl_of {
+                Some(page) => schedule_holding(&ctx, page).await.map(|r| r.map(|_| new)),
+                None => Some(Ok(new)),
+            },
+            other => other,
+        };
+        match emitted {
             Some(Ok(new)) => {
                 jetcrawl_shared::failpoint::hit("parser.after-add");
                 ctx.metrics.pages_parsed.inc();
@@ -284,6 +308,19 @@ async fn handle_seeds(ctx: Arc<Ctx>, msg: jetstream::Message) -> Disposition {
         Some(Err(e)) => Disposition::Dead(e.to_string()),
         None => Disposition::Retry(None),
     }
+}
+
+/// Schedule the page's next fetch (`[recrawl]`), retrying in place while the stream
+/// is unavailable. `None` at shutdown.
+async fn schedule_holding(ctx: &Ctx, page: &Page) -> Option<Result<(), ParseError>> {
+    let scheduled = retry_in_place(&ctx.shutdown, ParseError::is_retryable, || {
+        crate::recrawl::schedule(&ctx.js, ctx.rules.spider(), &ctx.scheduler.planner, page)
+    })
+    .await;
+    if let Some(Ok(true)) = scheduled {
+        ctx.metrics.recrawls_scheduled.inc();
+    }
+    scheduled.map(|r| r.map(|_| ()))
 }
 
 /// Emit, retrying in place while Redis or a stream is unavailable. What was published

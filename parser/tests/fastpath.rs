@@ -37,6 +37,10 @@ fn page(url: &str, depth: u32, html: String) -> Page {
         error: None,
         error_kind: None,
         body: Bytes::from(html),
+        lastmod: None,
+        sitemaps: Vec::new(),
+        etag: None,
+        last_modified: None,
     }
 }
 

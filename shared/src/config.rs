@@ -10,6 +10,11 @@ use serde::Deserialize;
 use crate::canon::QueryFilter;
 use crate::error::ConfigError;
 
+mod discovery;
+mod recrawl;
+pub use discovery::{Budget, Traps};
+pub use recrawl::{parse_interval, Recrawl, RecrawlRule};
+
 /// A parsed and validated spider file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,12 +30,23 @@ pub struct Spider {
     /// Links deeper than this many hops from a seed are not followed.
     #[serde(default = "default_max_depth")]
     pub max_depth: u32,
+    /// Pages the whole crawl may have (requests scheduled, each one page record);
+    /// none if absent.
+    #[serde(default)]
+    pub max_pages: Option<u64>,
+    /// Pages one host name may have; none if absent.
+    #[serde(default)]
+    pub max_pages_per_host: Option<u64>,
     /// The User-Agent header, also matched against robots.txt groups.
     #[serde(default = "default_user_agent")]
     pub user_agent: String,
     /// Obey robots.txt (Disallow and Crawl-delay).
     #[serde(default = "default_true")]
     pub obey_robots: bool,
+    /// Follow sitemaps: robots.txt `Sitemap:` lines (read when `obey_robots`), and
+    /// pages that are XML sitemaps or sitemap indexes (plain or gzipped).
+    #[serde(default = "default_true")]
+    pub sitemaps: bool,
     /// Query parameters dropped before fingerprinting (glob patterns).
     #[serde(default = "default_strip_query_params")]
     pub strip_query_params: Vec<String>,
@@ -46,6 +62,12 @@ pub struct Spider {
     /// Link-following rules.
     #[serde(default)]
     pub follow: Follow,
+    /// Link-trap heuristics.
+    #[serde(default)]
+    pub traps: Traps,
+    /// Fetch pages again after an interval (conditional GET); none if absent.
+    #[serde(default)]
+    pub recrawl: Option<Recrawl>,
     /// Stream sizes and retention.
     #[serde(default)]
     pub streams: Streams,
@@ -402,6 +424,16 @@ impl Default for Sink {
     }
 }
 
+impl Spider {
+    /// `max_pages` and `max_pages_per_host`.
+    pub fn budget(&self) -> Budget {
+        Budget {
+            max_pages: self.max_pages,
+            max_pages_per_host: self.max_pages_per_host,
+        }
+    }
+}
+
 impl Streams {
     /// How long an unacked message stays with its worker.
     pub fn ack_wait(&self) -> Duration {
@@ -433,6 +465,8 @@ pub struct CompiledSpider {
     pub item_matches: Vec<Regex>,
     /// `strip_query_params`, compiled.
     pub query_filter: QueryFilter,
+    /// `[recrawl] rules`, compiled, in order.
+    pub recrawl_rules: Vec<(Regex, Duration)>,
 }
 
 impl CompiledSpider {
@@ -536,6 +570,20 @@ impl CompiledSpider {
                 "expected at least 1".to_string(),
             ));
         }
+        discovery::validate(&spider.traps, &spider.budget())
+            .map_err(|(key, message)| invalid(key, message))?;
+        let mut recrawl_rules = Vec::new();
+        if let Some(recrawl) = &spider.recrawl {
+            parse_interval(&recrawl.interval).map_err(|e| invalid("interval", e))?;
+            for rule in &recrawl.rules {
+                let interval =
+                    parse_interval(&rule.interval).map_err(|e| invalid("interval", e))?;
+                let regex = Regex::new(&rule.url_match).map_err(|e| {
+                    invalid("match", format!("bad regex {:?}: {e}", rule.url_match))
+                })?;
+                recrawl_rules.push((regex, interval));
+            }
+        }
         if spider.sink.batch_size == 0 {
             return Err(invalid("batch_size", "expected at least 1".to_string()));
         }
@@ -593,7 +641,18 @@ impl CompiledSpider {
             follow_deny,
             item_matches,
             query_filter,
+            recrawl_rules,
         })
+    }
+
+    /// When a page fetched now is due again (`None` without `[recrawl]`).
+    pub fn recrawl_interval(&self, url: &str) -> Option<Duration> {
+        let recrawl = self.spider.recrawl.as_ref()?;
+        self.recrawl_rules
+            .iter()
+            .find(|(regex, _)| regex.is_match(url))
+            .map(|(_, interval)| *interval)
+            .or_else(|| parse_interval(&recrawl.interval).ok())
     }
 
     /// The crawl name.

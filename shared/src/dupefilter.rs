@@ -32,7 +32,10 @@ use redis::IntoConnectionInfo;
 
 use crate::error::Error;
 
+mod budget;
 mod cluster;
+
+pub use budget::{Admission, Ask};
 
 const BUCKET_BITS: u32 = 16;
 const MEMBER_MASK: u64 = (1u64 << (64 - BUCKET_BITS)) - 1;
@@ -110,6 +113,8 @@ impl Dupefilter {
 pub struct RedisDupefilter {
     conn: Conn,
     prefix: String,
+    /// The crawl name (budget keys are named by it).
+    crawl: String,
 }
 
 /// How the dupefilter reaches Redis.
@@ -153,6 +158,7 @@ impl RedisDupefilter {
         Ok(RedisDupefilter {
             conn,
             prefix: format!("jetcrawl:{crawl}:df:"),
+            crawl: crawl.to_string(),
         })
     }
 
@@ -340,6 +346,7 @@ fn member(fp: u64, depth: u32) -> i64 {
 #[derive(Clone, Default)]
 pub struct MemoryDupefilter {
     seen: Arc<Mutex<HashMap<u64, u32>>>,
+    budget: Arc<Mutex<budget::MemoryBudget>>,
 }
 
 impl MemoryDupefilter {

@@ -46,7 +46,19 @@ pub mod header {
     /// On a dead letter whose payload did not fit in a message: its size in bytes
     /// (the dead letter keeps its start).
     pub const ORIGINAL_BYTES: &str = "Jetcrawl-Original-Bytes";
+    /// The `<lastmod>` a sitemap gave the page's URL, as written.
+    pub const LASTMOD: &str = "Jetcrawl-Lastmod";
+    /// A sitemap the host's robots.txt names (one header value each), on the first
+    /// page record after the fetcher read that robots.txt.
+    pub const SITEMAP: &str = "Jetcrawl-Sitemap";
+    /// The page's `ETag` (a 304's: the one it confirmed).
+    pub const ETAG: &str = "Jetcrawl-Etag";
+    /// The page's `Last-Modified` (a 304's: the one it confirmed).
+    pub const LAST_MODIFIED: &str = "Jetcrawl-Last-Modified";
 }
+
+/// robots.txt `Sitemap:` URLs carried on one page record at most.
+pub const MAX_ROBOTS_SITEMAPS: usize = 32;
 
 /// A request in the frontier: JSON payload of `jetcrawl.<crawl>.frontier.<p>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +84,23 @@ pub struct CrawlRequest {
     /// the address the parser resolved, so partition and pacing agree).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// The URL came from a sitemap index or a robots.txt `Sitemap:` line: its body is
+    /// kept whatever its type (a gzipped sitemap is `application/gzip`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sitemap: bool,
+    /// The `<lastmod>` of the sitemap entry that listed the URL, as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lastmod: Option<String>,
+    /// A recrawl: the previous response's `ETag`, sent as `If-None-Match`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// A recrawl: the previous response's `Last-Modified`, sent as `If-Modified-Since`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<String>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Message id of a planned request, and of the page it produces: fingerprint and depth.
@@ -195,6 +224,15 @@ pub struct Page {
     pub error_kind: Option<String>,
     /// Body as UTF-8 (textual types) or raw bytes; empty for error records.
     pub body: Bytes,
+    /// The request's sitemap `<lastmod>`, if a sitemap listed it.
+    pub lastmod: Option<String>,
+    /// robots.txt `Sitemap:` URLs of the page's host, on the first page record after
+    /// the fetcher read that robots.txt (at most [`MAX_ROBOTS_SITEMAPS`]).
+    pub sitemaps: Vec<String>,
+    /// Validators for the next conditional fetch: `ETag`.
+    pub etag: Option<String>,
+    /// Validators for the next conditional fetch: `Last-Modified`.
+    pub last_modified: Option<String>,
 }
 
 impl Page {
@@ -242,6 +280,18 @@ impl Page {
         if let Some(k) = &self.error_kind {
             h.insert(header::ERROR_KIND, k.as_str());
         }
+        if let Some(lastmod) = &self.lastmod {
+            h.insert(header::LASTMOD, sanitize_header(lastmod).as_str());
+        }
+        for sitemap in self.sitemaps.iter().take(MAX_ROBOTS_SITEMAPS) {
+            h.append(header::SITEMAP, sanitize_header(sitemap).as_str());
+        }
+        if let Some(etag) = &self.etag {
+            h.insert(header::ETAG, sanitize_header(etag).as_str());
+        }
+        if let Some(since) = &self.last_modified {
+            h.insert(header::LAST_MODIFIED, sanitize_header(since).as_str());
+        }
         h
     }
 
@@ -278,6 +328,13 @@ impl Page {
             error: get(header::ERROR),
             error_kind: get(header::ERROR_KIND),
             body: payload,
+            lastmod: get(header::LASTMOD),
+            sitemaps: h
+                .get_all(header::SITEMAP)
+                .map(|v| v.as_str().to_string())
+                .collect(),
+            etag: get(header::ETAG),
+            last_modified: get(header::LAST_MODIFIED),
         })
     }
 }
@@ -387,6 +444,13 @@ mod tests {
             error: None,
             error_kind: None,
             body: Bytes::from_static(b"<html></html>"),
+            lastmod: Some("2024-05-01".into()),
+            sitemaps: vec![
+                "http://a.com/s1.xml".into(),
+                "http://a.com/s2.xml.gz".into(),
+            ],
+            etag: Some("\"v1\"".into()),
+            last_modified: Some("Tue, 01 Dec 2026 10:00:00 GMT".into()),
         };
         let back = Page::from_message(Some(&page.to_headers()), page.body.clone()).unwrap();
         assert_eq!(back, page);

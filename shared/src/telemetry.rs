@@ -100,6 +100,16 @@ pub struct Metrics {
     pub hosts_queued: Gauge,
     /// Requests waiting for their host in this fetcher.
     pub requests_queued: Gauge,
+    /// Links not followed: a trap heuristic or a page budget, by reason.
+    pub links_refused: Family<Labels, Counter>,
+    /// Pages that were sitemaps or sitemap indexes.
+    pub sitemaps_parsed: Counter,
+    /// Sitemaps cut at the protocol's caps, by cap (`urls`, `bytes`).
+    pub sitemaps_capped: Family<Labels, Counter>,
+    /// Page records of a `304 Not Modified` (recrawls): nothing parsed.
+    pub pages_not_modified: Counter,
+    /// Next fetches scheduled (`[recrawl]`).
+    pub recrawls_scheduled: Counter,
 }
 
 impl Default for Metrics {
@@ -147,7 +157,38 @@ impl Metrics {
             live_fetchers: Gauge::default(),
             hosts_queued: Gauge::default(),
             requests_queued: Gauge::default(),
+            links_refused: Family::default(),
+            sitemaps_parsed: Counter::default(),
+            sitemaps_capped: Family::default(),
+            pages_not_modified: Counter::default(),
+            recrawls_scheduled: Counter::default(),
         };
+        r.register(
+            "pages_not_modified",
+            "Page records of a 304 Not Modified (recrawls): its items are left as they are",
+            m.pages_not_modified.clone(),
+        );
+        r.register(
+            "recrawls_scheduled",
+            "Next fetches scheduled by [recrawl]",
+            m.recrawls_scheduled.clone(),
+        );
+        r.register(
+            "sitemaps_parsed",
+            "Pages that were XML sitemaps or sitemap indexes",
+            m.sitemaps_parsed.clone(),
+        );
+        r.register(
+            "sitemaps_capped",
+            "Sitemaps cut at the protocol's caps (50,000 URLs, 50 MB decompressed), by cap",
+            m.sitemaps_capped.clone(),
+        );
+        r.register(
+            "links_refused",
+            "Links not followed, by reason: path_repeat, url_length, query_values (trap \
+             heuristics), max_pages, max_pages_per_host (budgets)",
+            m.links_refused.clone(),
+        );
         r.register(
             "pages_fetched",
             "Pages fetched, by status class",
@@ -325,6 +366,13 @@ impl Metrics {
     /// Whether the stage is consuming.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The counter of links refused for `reason` (`jetcrawl_links_refused_total`).
+    pub fn refused(&self, reason: &str) -> Counter {
+        self.links_refused
+            .get_or_create(&vec![("reason".to_string(), reason.to_string())])
+            .clone()
     }
 
     /// `2xx`, `3xx`, `4xx`, `5xx` or `error`.

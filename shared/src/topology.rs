@@ -68,6 +68,18 @@ impl Names {
     pub fn frontier_wildcard(&self) -> String {
         format!("jetcrawl.{}.frontier.>", self.crawl)
     }
+    /// `jetcrawl.<crawl>.recrawl`: subjects of the RECRAWL stream (`[recrawl]` only).
+    pub fn recrawl_prefix(&self) -> String {
+        format!("jetcrawl.{}.recrawl", self.crawl)
+    }
+    /// `jetcrawl.<crawl>.frontier.{{wildcard(1)}}`: a subject transform's destination.
+    pub fn frontier_subject_template(&self) -> String {
+        format!("jetcrawl.{}.frontier.{{{{wildcard(1)}}}}", self.crawl)
+    }
+    /// `JETCRAWL_<crawl>_RECRAWL`
+    pub fn recrawl_stream(&self) -> String {
+        format!("JETCRAWL_{}_RECRAWL", self.crawl)
+    }
     /// `jetcrawl.<crawl>.pages`
     pub fn pages_subject(&self) -> String {
         format!("jetcrawl.{}.pages", self.crawl)
@@ -155,6 +167,10 @@ pub async fn ensure_streams(js: &jetstream::Context, spider: &Spider) -> Result<
             }
         }
     }
+    if spider.recrawl.is_some() {
+        apply_stream(js, recrawl::stream_config(spider, &names)).await?;
+        recrawl::check_schedules(js, &names).await?;
+    }
     let hours = |h: u64| Duration::from_secs(h * 3600);
     let configs = [
         stream::Config {
@@ -164,6 +180,11 @@ pub async fn ensure_streams(js: &jetstream::Context, spider: &Spider) -> Result<
                 spider.name
             )),
             subjects: vec![names.frontier_wildcard(), names.seeds_subject()],
+            // Recrawls come due in RECRAWL; the server moves them here.
+            sources: spider
+                .recrawl
+                .as_ref()
+                .map(|_| vec![recrawl::frontier_source(&names)]),
             retention: RetentionPolicy::WorkQueue,
             discard: DiscardPolicy::New,
             max_messages: s.frontier_max_msgs,
@@ -221,6 +242,8 @@ pub async fn ensure_streams(js: &jetstream::Context, spider: &Spider) -> Result<
     }
     Ok(())
 }
+
+mod recrawl;
 
 /// How long stream setup keeps retrying what a cluster answers while it elects a
 /// leader or waits for a restarting node.

@@ -60,7 +60,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use jetcrawl_fetcher::{FetchOutcome, Fetcher, FetcherOptions};
-use jetcrawl_parser::schedule::{Dedup, Planner};
+use jetcrawl_parser::schedule::Planner;
 use jetcrawl_parser::Rules;
 use jetcrawl_shared::dupefilter::{Dupefilter, MemoryDupefilter, Seen};
 use jetcrawl_shared::message::{CrawlRequest, Item, Page};
@@ -84,6 +84,9 @@ pub struct CrawlOptions {
 /// Run a crawl to its end (or until `stop`), print the summary, and return.
 pub async fn run(opts: CrawlOptions, stop: CancellationToken) -> anyhow::Result<()> {
     let spider = CompiledSpider::load(&opts.spider)?;
+    if spider.spider.recrawl.is_some() {
+        tracing::warn!("[recrawl] schedules fetches in JetStream: the embedded mode crawls once");
+    }
     let rules = Arc::new(Rules::new(&spider)?);
     let metrics = Metrics::new();
     let spider = Arc::new(spider);
@@ -94,12 +97,11 @@ pub async fn run(opts: CrawlOptions, stop: CancellationToken) -> anyhow::Result<
     let fetcher =
         Fetcher::new(spider.clone(), options, metrics.clone()).context("setting up the fetcher")?;
     let stats = Arc::new(Stats::default());
-    let dedup = Dedup {
-        dupefilter: Dupefilter::Memory(MemoryDupefilter::default()),
-        metrics: metrics.clone(),
-        max_depth: spider.spider.max_depth,
-    };
     let planner = Planner::new(&spider.spider);
+    let dedup = planner.dedup(
+        Dupefilter::Memory(MemoryDupefilter::default()),
+        metrics.clone(),
+    );
 
     let mut frontier = Frontier::new(dedup, stats.clone());
     let mut seeds = Vec::new();
@@ -299,14 +301,14 @@ async fn parse_pages(mut stage: ParseStage) {
             metrics.pages_parsed.inc();
             metrics.items_extracted.inc_by(extracted.items.len() as u64);
             metrics.links_capped.inc_by(extracted.links_capped as u64);
+            jetcrawl_parser::traps::count_refusals(&metrics, &extracted.refused);
+            jetcrawl_parser::sitemap::report(&metrics, &url, &extracted);
+            let requests = planner.plan_extracted(&extracted, depth).await;
             for item in extracted.items {
                 if items.send(item).await.is_err() {
                     break; // the sink failed; the crawl is stopping
                 }
             }
-            let requests = planner
-                .plan(&extracted.links, depth.saturating_add(1))
-                .await;
             let _ = events
                 .send(Event::Parsed {
                     requests,

@@ -100,6 +100,16 @@ pub struct HttpResponse {
     pub truncated: bool,
     pub redirects: usize,
     pub elapsed: Duration,
+    /// The `ETag` and `Last-Modified` headers: validators for the next conditional GET.
+    pub validators: Validators,
+}
+
+/// What makes a GET conditional: the previous response's `ETag` (sent as
+/// `If-None-Match`) and `Last-Modified` (sent as `If-Modified-Since`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Validators {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
 }
 
 /// A GET-only client; cheap to clone (shares one connection pool).
@@ -142,6 +152,16 @@ impl HttpClient {
     /// GET `url`, following up to `max_redirects` redirects; every hop is checked for
     /// scheme (http/https), scope and private addresses. A loop fails at once.
     pub async fn get(&self, url: &url::Url) -> Result<HttpResponse, FetchError> {
+        self.get_if(url, &Validators::default()).await
+    }
+
+    /// [`HttpClient::get`], conditional on `validators` (a `304 Not Modified` is
+    /// returned as such, with no body).
+    pub async fn get_if(
+        &self,
+        url: &url::Url,
+        validators: &Validators,
+    ) -> Result<HttpResponse, FetchError> {
         let started = Instant::now();
         let deadline = started + self.cfg.total_timeout;
         let mut current = url.clone();
@@ -150,7 +170,14 @@ impl HttpClient {
         loop {
             self.check_target(&current)?;
             visited.insert(current.clone());
-            let response = timeout_at(deadline, self.client.get(current.clone()).send())
+            let mut request = self.client.get(current.clone());
+            if let Some(etag) = &validators.etag {
+                request = request.header(reqwest::header::IF_NONE_MATCH, etag.as_str());
+            }
+            if let Some(since) = &validators.last_modified {
+                request = request.header(reqwest::header::IF_MODIFIED_SINCE, since.as_str());
+            }
+            let response = timeout_at(deadline, request.send())
                 .await
                 .map_err(|_| FetchError::Timeout)?
                 .map_err(map_reqwest_error)?;
@@ -184,8 +211,20 @@ impl HttpClient {
                 .get(RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| parse_retry_after(v, Utc::now()));
+            let header = |name| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v: &HeaderValue| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let validators = Validators {
+                etag: header(reqwest::header::ETAG),
+                last_modified: header(reqwest::header::LAST_MODIFIED),
+            };
             let (body, truncated) = self.read_body(response, deadline).await?;
             return Ok(HttpResponse {
+                validators,
                 final_url: current,
                 status,
                 content_type,

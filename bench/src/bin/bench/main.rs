@@ -178,6 +178,8 @@ allowed_domains = ["127.0.0.1"]
 max_depth = 100
 user_agent = "jetcrawl-bench"
 obey_robots = true
+# The shop's sitemap lists the products its pages link to: the figures are for links.
+sitemaps = false
 allow_private_networks = true
 strip_query_params = ["utm_*"]
 

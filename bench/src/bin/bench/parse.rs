@@ -60,6 +60,10 @@ pub(crate) fn parse(pages: usize, rounds: usize) -> Result<()> {
             error: None,
             error_kind: None,
             body: Bytes::from(body),
+            lastmod: None,
+            sitemaps: Vec::new(),
+            etag: None,
+            last_modified: None,
         });
     }
     for p in &docs {
