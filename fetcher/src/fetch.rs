@@ -116,6 +116,8 @@ impl Fetcher {
             allow_private_networks: s.allow_private_networks,
             allowed_hosts,
             local_address: opts.local_address,
+            proxies: s.http.proxies.clone(),
+            metrics: Some(metrics.clone()),
         })?;
         let politeness = Politeness::new(PolitenessConfig {
             delay: Duration::from_millis(s.politeness.delay_ms),
@@ -241,7 +243,7 @@ impl Fetcher {
         }
         permit.start();
         let fetch_started = tokio::time::Instant::now();
-        let result = self.http.get(&url).await;
+        let result = self.http.get_keyed(&url, &key).await;
         let tries = req.tries.saturating_add(1);
         let max_tries = self.spider.spider.http.max_tries;
         if let Ok(resp) = &result {
@@ -315,6 +317,7 @@ impl Fetcher {
                     error: None,
                     error_kind: None,
                     body,
+                    response: Some(resp.head),
                 }))
             }
             Err(e) if e.is_retryable() && tries < max_tries => {
@@ -415,6 +418,7 @@ impl Fetcher {
             error: Some(err.message),
             error_kind: Some(err.kind.to_string()),
             body: Bytes::new(),
+            response: None,
         }
     }
 }

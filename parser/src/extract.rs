@@ -467,6 +467,7 @@ missing = "span.nope"
             error: None,
             error_kind: None,
             body: Bytes::from(html.to_string()),
+            response: None,
         }
     }
 

@@ -10,6 +10,9 @@ use serde::Deserialize;
 use crate::canon::QueryFilter;
 use crate::error::ConfigError;
 
+mod proxy;
+pub use proxy::ProxyUrl;
+
 /// A parsed and validated spider file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,6 +124,10 @@ pub struct Http {
     /// Base of the exponential retry backoff.
     #[serde(default = "default_retry_backoff_ms")]
     pub retry_backoff_ms: u64,
+    /// Outgoing proxies (`http://user:pass@host:port`, `socks5://host:port`): requests
+    /// are spread over them, sticky per politeness key; empty = direct.
+    #[serde(default)]
+    pub proxies: Vec<ProxyUrl>,
 }
 
 /// Which discovered links are followed.
@@ -371,6 +378,7 @@ impl Default for Http {
             max_header_bytes: default_max_header_bytes(),
             max_tries: default_max_tries(),
             retry_backoff_ms: default_retry_backoff_ms(),
+            proxies: Vec::new(),
         }
     }
 }

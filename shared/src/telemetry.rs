@@ -100,6 +100,10 @@ pub struct Metrics {
     pub hosts_queued: Gauge,
     /// Requests waiting for their host in this fetcher.
     pub requests_queued: Gauge,
+    /// Requests sent through each `[http] proxies` entry, by proxy index and outcome.
+    pub proxy_requests: Family<Labels, Counter>,
+    /// Times a proxy was set aside (failing), by proxy index.
+    pub proxies_set_aside: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -147,6 +151,8 @@ impl Metrics {
             live_fetchers: Gauge::default(),
             hosts_queued: Gauge::default(),
             requests_queued: Gauge::default(),
+            proxy_requests: Family::default(),
+            proxies_set_aside: Family::default(),
         };
         r.register(
             "pages_fetched",
@@ -301,6 +307,16 @@ impl Metrics {
             "requests_queued",
             "Requests waiting for their host in this fetcher",
             m.requests_queued.clone(),
+        );
+        r.register(
+            "proxy_requests",
+            "Requests through each [http] proxies entry, by proxy index and outcome (ok, error, proxy_failed)",
+            m.proxy_requests.clone(),
+        );
+        r.register(
+            "proxies_set_aside",
+            "Times a proxy was set aside as failing, by proxy index",
+            m.proxies_set_aside.clone(),
         );
         m.registry = Arc::new(r);
         m
