@@ -457,6 +457,7 @@ mod proxy;
 
 pub use guard::is_refused_address;
 use guard::{GuardedResolver, ResolveError};
+pub use proxy::proxy_order;
 use proxy::{ProxyPool, Suspicion};
 
 fn map_reqwest_error(err: reqwest::Error) -> FetchError {

@@ -273,6 +273,14 @@ impl Proxy {
     }
 }
 
+/// The order in which `n` proxies are tried for `key` while none is set aside (the
+/// first is the one the key sticks to).
+pub fn proxy_order(key: &str, n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(score(key, i)));
+    order
+}
+
 /// Rendezvous score of proxy `index` for `key`.
 fn score(key: &str, index: usize) -> u64 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
