@@ -19,10 +19,10 @@ use common::{jetstream, Harness, HarnessOptions, Role};
 const STARTUP: Duration = Duration::from_secs(60);
 const CRAWL: Duration = Duration::from_secs(120);
 
-/// Source addresses of the two working proxies (what the site sees).
+/// Source addresses of the proxies (what the site sees).
 const HTTP_OUT: Ipv4Addr = Ipv4Addr::new(127, 0, 2, 1);
 const SOCKS_OUT: Ipv4Addr = Ipv4Addr::new(127, 0, 2, 2);
-const DEAD: usize = 2;
+const REFUSING_OUT: Ipv4Addr = Ipv4Addr::new(127, 0, 2, 3);
 
 fn login(user: &str, password: &str) -> Login {
     Login {
@@ -31,25 +31,31 @@ fn login(user: &str, password: &str) -> Login {
     }
 }
 
-/// Hosts whose first proxy (of 3) covers each proxy twice, so some hosts stick to the
-/// dead one and must be moved.
-fn hosts_covering_every_proxy() -> Vec<Ipv4Addr> {
+/// Hosts whose first proxy (of `n`) covers each proxy twice, so some hosts stick to
+/// each failing one and must be moved.
+fn hosts_covering_every_proxy(n: usize) -> Vec<Ipv4Addr> {
     let mut picked = Vec::new();
-    let mut per = [0; 3];
-    for ip in loopback_ips(120) {
-        let first = jetcrawl_fetcher::http::proxy_order(&ip.to_string(), 3)[0];
+    let mut per = vec![0; n];
+    for ip in loopback_ips(200) {
+        let first = jetcrawl_fetcher::http::proxy_order(&ip.to_string(), n)[0];
         if per[first] < 2 {
             per[first] += 1;
             picked.push(ip);
         }
-        if per.iter().all(|&n| n == 2) {
+        if per.iter().all(|&c| c == 2) {
             return picked;
         }
     }
     panic!("no host set covers every proxy: {per:?}");
 }
 
-fn spider(crawl: &str, site: &HostsSite, proxies: &[String], allow_private: bool) -> String {
+fn spider(
+    crawl: &str,
+    site: &HostsSite,
+    proxies: &[String],
+    allow_private: bool,
+    http_extra: &str,
+) -> String {
     let quote = |s: &str| format!("\"{s}\"");
     let seeds: Vec<String> = site.home_urls().iter().map(|u| quote(u)).collect();
     let hosts: Vec<String> = (0..site.hosts())
@@ -74,6 +80,7 @@ autothrottle = false
 retry_backoff_ms = 200
 connect_timeout_ms = 2000
 proxies = [{proxies}]
+{http_extra}
 
 [streams]
 ack_wait_secs = 4
@@ -106,9 +113,11 @@ fn metric(text: &str, name: &str, want: &[&str]) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crawl_goes_through_the_proxies_sticky_per_host_around_a_dead_one() {
+async fn a_crawl_goes_through_the_proxies_sticky_per_host_around_failing_ones() {
     let h = Harness::start(HarnessOptions::default()).await;
-    let ips = hosts_covering_every_proxy();
+    // 0: HTTP, 1: SOCKS5, 2: down (connection refused), 3: refuses the login (407).
+    let failing = [2, 3];
+    let ips = hosts_covering_every_proxy(4);
     let specs: Vec<HostSpec> = ips
         .iter()
         .enumerate()
@@ -117,12 +126,18 @@ async fn a_crawl_goes_through_the_proxies_sticky_per_host_around_a_dead_one() {
     let site = HostsSite::start(specs).await;
     let http = TestProxy::http(IpAddr::V4(HTTP_OUT), Some(login("alice", "s3cret-http"))).await;
     let socks = TestProxy::socks5(IpAddr::V4(SOCKS_OUT), Some(login("bob", "s3cret-socks"))).await;
+    let refusing = TestProxy::http(
+        IpAddr::V4(REFUSING_OUT),
+        Some(login("dave", "the-right-one")),
+    )
+    .await;
     let proxies = vec![
         format!("http://alice:s3cret-http@{}", http.addr()),
         format!("socks5://bob:s3cret-socks@{}", socks.addr()),
         format!("http://carol:s3cret-dead@127.0.0.1:{}", closed_port()),
+        format!("http://dave:s3cret-wrong@{}", refusing.addr()),
     ];
-    h.write_spider(&spider(&h.crawl, &site, &proxies, true));
+    h.write_spider(&spider(&h.crawl, &site, &proxies, true, ""));
     // Debug logs too: the lines about failing proxies must not hold a password either.
     let debug = [("RUST_LOG".to_string(), "debug".to_string())];
     let mut fetcher = h.spawn_with(Role::Fetcher, &[], &debug);
@@ -148,9 +163,13 @@ async fn a_crawl_goes_through_the_proxies_sticky_per_host_around_a_dead_one() {
     }
     let mut moved = 0;
     for (host, ip) in ips.iter().enumerate() {
-        let order = jetcrawl_fetcher::http::proxy_order(&ip.to_string(), 3);
-        let expected = order.iter().copied().find(|&p| p != DEAD).unwrap_or(0);
-        moved += usize::from(order[0] == DEAD);
+        let order = jetcrawl_fetcher::http::proxy_order(&ip.to_string(), 4);
+        let expected = order
+            .iter()
+            .copied()
+            .find(|p| !failing.contains(p))
+            .unwrap_or(0);
+        moved += usize::from(failing.contains(&order[0]));
         let want = IpAddr::V4(if expected == 0 { HTTP_OUT } else { SOCKS_OUT });
         assert_eq!(
             seen.get(&host),
@@ -158,7 +177,7 @@ async fn a_crawl_goes_through_the_proxies_sticky_per_host_around_a_dead_one() {
             "host {ip} (proxy order {order:?}) saw these addresses"
         );
     }
-    assert_eq!(moved, 2, "two hosts stick to the dead proxy first");
+    assert_eq!(moved, 4, "two hosts stick to each failing proxy first");
     // The HTTP proxy forwards one request per connection: its count is the site's.
     let through_http = log
         .iter()
@@ -171,6 +190,11 @@ async fn a_crawl_goes_through_the_proxies_sticky_per_host_around_a_dead_one() {
     );
     assert!(socks.forwarded() >= 1, "the SOCKS5 proxy forwarded nothing");
     assert_eq!(http.refused() + socks.refused(), 0, "a login was refused");
+    assert!(
+        refusing.refused() >= 1,
+        "the proxy with the wrong login was never asked"
+    );
+    assert_eq!(refusing.forwarded(), 0);
 
     // Metrics: requests per proxy, the dead one set aside.
     let (_, metrics) = fetcher.http_get("/metrics").await;
@@ -229,7 +253,7 @@ async fn a_crawl_goes_through_the_proxies_sticky_per_host_around_a_dead_one() {
     for d in jetstream::dead_letters(&js, &h.crawl).await {
         records.push_str(&format!("{d:?}"));
     }
-    for secret in ["s3cret-http", "s3cret-socks", "s3cret-dead"] {
+    for secret in ["s3cret-http", "s3cret-socks", "s3cret-dead", "s3cret-wrong"] {
         assert!(!logs.contains(secret), "a log holds the password {secret}");
         assert!(
             !records.contains(secret),
@@ -260,7 +284,7 @@ async fn a_private_target_is_refused_even_through_a_proxy() {
         format!("http://{}", http.addr()),
         format!("socks5h://{}", socks.addr()),
     ];
-    h.write_spider(&spider(&h.crawl, &site, &proxies, false));
+    h.write_spider(&spider(&h.crawl, &site, &proxies, false, ""));
     let port = site.base(0).rsplit(':').next().unwrap_or("80").to_string();
     let [mut fetcher, mut parser, mut sink] = h.spawn_pipeline();
     h.wait_topology(STARTUP).await;
@@ -288,6 +312,56 @@ async fn a_private_target_is_refused_even_through_a_proxy() {
         site.log().is_empty(),
         "the site was reached: {:?}",
         site.log()
+    );
+    h.stop_all(&mut [&mut fetcher, &mut parser, &mut sink])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_that_hangs_is_set_aside_and_its_hosts_move() {
+    let h = Harness::start(HarnessOptions::default()).await;
+    let ips = hosts_covering_every_proxy(2);
+    let specs: Vec<HostSpec> = ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| HostSpec::catalogue(i, *ip, 1, 3))
+        .collect();
+    let site = HostsSite::start(specs).await;
+    let http = TestProxy::http(IpAddr::V4(HTTP_OUT), None).await;
+    let hanging = TestProxy::hanging().await;
+    let proxies = vec![
+        format!("http://{}", http.addr()),
+        format!("http://{}", hanging.addr()),
+    ];
+    // A request through the hung proxy times out after 2 s; tries to spare for the
+    // requests that meet it before it is set aside.
+    let extra = "timeout_ms = 2000\nmax_tries = 6";
+    h.write_spider(&spider(&h.crawl, &site, &proxies, true, extra));
+    let [mut fetcher, mut parser, mut sink] = h.spawn_pipeline();
+    h.wait_topology(STARTUP).await;
+    let seeds: Vec<String> = site.home_urls();
+    let seeds: Vec<&str> = seeds.iter().map(String::as_str).collect();
+    h.seed(&seeds).await;
+    h.wait_idle(CRAWL).await;
+    h.assert_items(&site.expected_items(&site.home_links(), 5))
+        .await;
+    assert!(hanging.asked() >= 1, "the hung proxy was never tried");
+    for (host, ip) in ips.iter().enumerate() {
+        let peers: BTreeSet<IpAddr> = site.requests_to(host).iter().map(|r| r.peer).collect();
+        assert_eq!(
+            peers,
+            BTreeSet::from([IpAddr::V4(HTTP_OUT)]),
+            "host {ip} saw these addresses"
+        );
+    }
+    let (_, metrics) = fetcher.http_get("/metrics").await;
+    assert!(
+        metric(
+            &metrics,
+            "jetcrawl_proxies_set_aside_total",
+            &["proxy=\"1\""]
+        ) >= 1.0,
+        "the hung proxy was not set aside:\n{metrics}"
     );
     h.stop_all(&mut [&mut fetcher, &mut parser, &mut sink])
         .await;

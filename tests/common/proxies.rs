@@ -44,6 +44,11 @@ impl TestProxy {
         TestProxy::start(source, login, Kind::Http).await
     }
 
+    /// A proxy that accepts connections and never answers (a hung proxy).
+    pub async fn hanging() -> TestProxy {
+        TestProxy::start(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), None, Kind::Hang).await
+    }
+
     /// A SOCKS5 proxy on 127.0.0.1:<free port>, connecting out from `source`.
     pub async fn socks5(source: IpAddr, login: Option<Login>) -> TestProxy {
         TestProxy::start(source, login, Kind::Socks5).await
@@ -70,6 +75,17 @@ impl TestProxy {
                     let _ = match kind {
                         Kind::Http => serve_http(client, &state).await,
                         Kind::Socks5 => serve_socks5(client, &state).await,
+                        Kind::Hang => {
+                            state.asked.fetch_add(1, Ordering::SeqCst);
+                            // Hold the connection, say nothing, until the client leaves.
+                            let mut client = client;
+                            let mut sink = Vec::new();
+                            client
+                                .read_to_end(&mut sink)
+                                .await
+                                .map(|_| ())
+                                .map_err(Into::into)
+                        }
                     };
                 });
             }
@@ -107,6 +123,7 @@ impl Drop for TestProxy {
 enum Kind {
     Http,
     Socks5,
+    Hang,
 }
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;

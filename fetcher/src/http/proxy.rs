@@ -7,7 +7,8 @@
 //! Whose fault a failure is: a refused proxy login (407, or the tunnel's own errors) is
 //! the proxy's. A connect error or a timeout may be either's: the proxy is probed with a
 //! plain TCP connect; if that fails, or the proxy has failed this way three times in a
-//! row (a proxy that accepts connections and then hangs), it is set aside. Otherwise
+//! row (a proxy that accepts connections and then hangs), or once since it came back
+//! from being set aside, it is set aside (again). Otherwise
 //! the target is presumed at fault and the error goes back to the fetcher's retries,
 //! so one dead site does not take the proxies out of service.
 //!
@@ -174,15 +175,16 @@ impl ProxyPool {
             Suspicion::Proxy => true,
             Suspicion::Target => false,
             Suspicion::Either => {
-                let strikes = proxy
+                let out = proxy
                     .health
                     .lock()
                     .map(|mut h| {
                         h.strikes += 1;
-                        h.strikes
+                        // Back from a set-aside and failing again: out at once.
+                        h.strikes >= STRIKES || h.set_asides > 0
                     })
-                    .unwrap_or(0);
-                strikes >= STRIKES || !proxy.answers().await
+                    .unwrap_or(false);
+                out || !proxy.answers().await
             }
         };
         if at_fault {
@@ -360,6 +362,10 @@ mod tests {
         assert!(!pool.failed(p, Suspicion::Either).await);
         assert!(pool.failed(p, Suspicion::Either).await);
         assert!(pool.route("k").is_empty());
+        // Back after its back-off, one more failure sets it aside again.
+        p.health.lock().unwrap().aside_until = None;
+        assert_eq!(pool.route("k").len(), 1);
+        assert!(pool.failed(p, Suspicion::Either).await, "on probation");
         drop(listener);
     }
 
