@@ -1,5 +1,5 @@
 # Sourced by scripts/test.sh and scripts/bench.sh: `ensure_deps` installs what is
-# missing (redis-server, PostgreSQL, a current nats-server) and starts PostgreSQL if it
+# missing (redis-server, PostgreSQL, a current nats-server, warcio) and starts PostgreSQL if it
 # is down, so both run on a fresh machine.
 
 log() { printf '==> %s\n' "$*" >&2; }
