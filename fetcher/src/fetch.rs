@@ -116,6 +116,8 @@ impl Fetcher {
             allow_private_networks: s.allow_private_networks,
             allowed_hosts,
             local_address: opts.local_address,
+            proxies: s.http.proxies.clone(),
+            metrics: Some(metrics.clone()),
         })?;
         let politeness = Politeness::new(PolitenessConfig {
             delay: Duration::from_millis(s.politeness.delay_ms),
@@ -260,7 +262,7 @@ impl Fetcher {
             etag: req.etag.clone(),
             last_modified: req.last_modified.clone(),
         };
-        let result = self.http.get_if(&url, &conditional).await;
+        let result = self.http.get_keyed(&url, &key, &conditional).await;
         let tries = req.tries.saturating_add(1);
         let max_tries = self.spider.spider.http.max_tries;
         if let Ok(resp) = &result {
@@ -352,6 +354,7 @@ impl Fetcher {
                     sitemaps: Vec::new(),
                     etag: validators.etag,
                     last_modified: validators.last_modified,
+                    response: Some(resp.head),
                 }))
             }
             Err(e) if e.is_retryable() && tries < max_tries => {
@@ -456,6 +459,7 @@ impl Fetcher {
             sitemaps: Vec::new(),
             etag: None,
             last_modified: None,
+            response: None,
         }
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Layout:
 //! - `fetch`: one request to a page record or a retry (robots, politeness, HTTP)
-//! - `http`: GET with timeouts, redirect cap, size caps, private-address guard
+//! - `http`: GET with timeouts, redirect cap, size caps, private-address guard, `[http] proxies`
 //! - `charset`: body bytes to UTF-8 text (BOM, header, meta, sniffing)
 //! - `robots`: robots.txt cache per origin
 //! - `politeness`: per-host queues and pacing: delay, concurrency, Crawl-delay, back-off, autothrottle

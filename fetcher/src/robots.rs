@@ -239,7 +239,10 @@ impl Inner {
             p.start();
         }
         let started = Instant::now();
-        let response = self.client.get(&robots_url).await;
+        let response = self
+            .client
+            .get_keyed(&robots_url, key, &crate::http::Validators::default())
+            .await;
         let back_off = match &response {
             Ok(r) if matches!(r.status, 429 | 503) => r.retry_after,
             _ => None,

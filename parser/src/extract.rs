@@ -674,6 +674,7 @@ missing = "span.nope"
             sitemaps: Vec::new(),
             etag: None,
             last_modified: None,
+            response: None,
         }
     }
 

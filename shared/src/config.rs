@@ -14,6 +14,8 @@ mod discovery;
 mod recrawl;
 pub use discovery::{Budget, Traps};
 pub use recrawl::{parse_interval, Recrawl, RecrawlRule};
+mod proxy;
+pub use proxy::ProxyUrl;
 
 /// A parsed and validated spider file.
 #[derive(Debug, Clone, Deserialize)]
@@ -143,6 +145,10 @@ pub struct Http {
     /// Base of the exponential retry backoff.
     #[serde(default = "default_retry_backoff_ms")]
     pub retry_backoff_ms: u64,
+    /// Outgoing proxies (`http://user:pass@host:port`, `socks5://host:port`): requests
+    /// are spread over them, sticky per politeness key; empty = direct.
+    #[serde(default)]
+    pub proxies: Vec<ProxyUrl>,
 }
 
 /// Which discovered links are followed.
@@ -393,6 +399,7 @@ impl Default for Http {
             max_header_bytes: default_max_header_bytes(),
             max_tries: default_max_tries(),
             retry_backoff_ms: default_retry_backoff_ms(),
+            proxies: Vec::new(),
         }
     }
 }

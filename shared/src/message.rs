@@ -33,6 +33,9 @@ pub mod header {
     pub const CHARSET: &str = "Jetcrawl-Charset";
     /// "true" when the body was cut at the size cap.
     pub const TRUNCATED: &str = "Jetcrawl-Truncated";
+    /// The response's HTTP version and headers as received (JSON, see
+    /// [`super::ResponseHead`]), for archives (`jetcrawl export --warc`).
+    pub const RESPONSE: &str = "Jetcrawl-Response";
     /// Why a fetch failed, or why a message was dead-lettered.
     pub const ERROR: &str = "Jetcrawl-Error";
     /// Low-cardinality class of the error.
@@ -233,6 +236,65 @@ pub struct Page {
     pub etag: Option<String>,
     /// Validators for the next conditional fetch: `Last-Modified`.
     pub last_modified: Option<String>,
+    /// The response's version and headers, when a response arrived (records of
+    /// older versions and error records have none).
+    pub response: Option<ResponseHead>,
+}
+
+/// What a page record keeps of the response head: the HTTP version and the headers as
+/// received, in order, less those that are no-one's business in an archive
+/// (`Set-Cookie`, hop-by-hop headers) and cut at [`ResponseHead::MAX_BYTES`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ResponseHead {
+    /// `HTTP/1.1`, `HTTP/2`, ...
+    pub version: String,
+    /// Header names (lowercase, as the client reports them) and values.
+    pub headers: Vec<(String, String)>,
+}
+
+impl ResponseHead {
+    /// Header bytes kept at most (name + value); later headers are dropped.
+    pub const MAX_BYTES: usize = 8 * 1024;
+
+    /// Keep `headers` (name, value) up to the size cap; cookies and hop-by-hop
+    /// headers are left out.
+    pub fn keep<'a>(version: &str, headers: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Self {
+        const LEFT_OUT: [&str; 7] = [
+            "set-cookie",
+            "set-cookie2",
+            "connection",
+            "keep-alive",
+            "transfer-encoding",
+            "proxy-authenticate",
+            "proxy-connection",
+        ];
+        let mut kept = Vec::new();
+        let mut bytes = 0;
+        for (name, value) in headers {
+            let name = name.to_ascii_lowercase();
+            if LEFT_OUT.contains(&name.as_str()) {
+                continue;
+            }
+            let value = sanitize_header(&String::from_utf8_lossy(value));
+            bytes += name.len() + value.len();
+            if bytes > Self::MAX_BYTES {
+                break;
+            }
+            kept.push((name, value));
+        }
+        ResponseHead {
+            version: version.to_string(),
+            headers: kept,
+        }
+    }
+
+    /// The first value of header `name` (any case).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 impl Page {
@@ -292,6 +354,12 @@ impl Page {
         if let Some(since) = &self.last_modified {
             h.insert(header::LAST_MODIFIED, sanitize_header(since).as_str());
         }
+        if let Some(head) = &self.response {
+            // JSON escapes control characters, so the value is one header line.
+            if let Ok(json) = serde_json::to_string(head) {
+                h.insert(header::RESPONSE, json.as_str());
+            }
+        }
         h
     }
 
@@ -335,6 +403,8 @@ impl Page {
                 .collect(),
             etag: get(header::ETAG),
             last_modified: get(header::LAST_MODIFIED),
+            // An archive does without a head it cannot read; the page is still a page.
+            response: get(header::RESPONSE).and_then(|v| serde_json::from_str(&v).ok()),
         })
     }
 }
@@ -451,7 +521,18 @@ mod tests {
             ],
             etag: Some("\"v1\"".into()),
             last_modified: Some("Tue, 01 Dec 2026 10:00:00 GMT".into()),
+            response: Some(ResponseHead::keep(
+                "HTTP/1.1",
+                [
+                    ("Content-Type", &b"text/html"[..]),
+                    ("Set-Cookie", b"session=secret"),
+                    ("ETag", b"\"a\r\nb\""),
+                ],
+            )),
         };
+        let head = page.response.as_ref().unwrap();
+        assert_eq!(head.get("etag"), Some("\"a  b\""));
+        assert_eq!(head.get("set-cookie"), None, "cookies are not kept");
         let back = Page::from_message(Some(&page.to_headers()), page.body.clone()).unwrap();
         assert_eq!(back, page);
     }
@@ -479,6 +560,13 @@ mod tests {
             item_id("http://a.com/x", "book", Some(&k1)),
             item_id("http://a.com/x", "book", Some(&k2))
         );
+    }
+
+    #[test]
+    fn response_heads_are_capped() {
+        let big = vec![b'x'; 1000];
+        let head = ResponseHead::keep("HTTP/1.1", (0..20).map(|_| ("x-big", big.as_slice())));
+        assert_eq!(head.headers.len(), 8, "8 KB of headers, no more");
     }
 
     #[test]

@@ -110,6 +110,10 @@ pub struct Metrics {
     pub pages_not_modified: Counter,
     /// Next fetches scheduled (`[recrawl]`).
     pub recrawls_scheduled: Counter,
+    /// Requests sent through each `[http] proxies` entry, by proxy index and outcome.
+    pub proxy_requests: Family<Labels, Counter>,
+    /// Times a proxy was set aside (failing), by proxy index.
+    pub proxies_set_aside: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -162,6 +166,8 @@ impl Metrics {
             sitemaps_capped: Family::default(),
             pages_not_modified: Counter::default(),
             recrawls_scheduled: Counter::default(),
+            proxy_requests: Family::default(),
+            proxies_set_aside: Family::default(),
         };
         r.register(
             "pages_not_modified",
@@ -342,6 +348,16 @@ impl Metrics {
             "requests_queued",
             "Requests waiting for their host in this fetcher",
             m.requests_queued.clone(),
+        );
+        r.register(
+            "proxy_requests",
+            "Requests through each [http] proxies entry, by proxy index and outcome (ok, error, proxy_failed)",
+            m.proxy_requests.clone(),
+        );
+        r.register(
+            "proxies_set_aside",
+            "Times a proxy was set aside as failing, by proxy index",
+            m.proxies_set_aside.clone(),
         );
         m.registry = Arc::new(r);
         m

@@ -431,6 +431,22 @@ pub enum ReplayStart {
     FromSeq(u64),
 }
 
+impl ReplayStart {
+    /// Where a consumer of PAGES starts delivering (replays, `jetcrawl export`).
+    pub fn deliver_policy(&self) -> Result<DeliverPolicy, Error> {
+        Ok(match self {
+            ReplayStart::All => DeliverPolicy::All,
+            ReplayStart::FromSeq(seq) => DeliverPolicy::ByStartSequence {
+                start_sequence: (*seq).max(1),
+            },
+            ReplayStart::Since(t) => DeliverPolicy::ByStartTime {
+                start_time: async_nats::datetime::parse_rfc3339(&t.to_rfc3339())
+                    .map_err(|e| Error::js("replay start time", e))?,
+            },
+        })
+    }
+}
+
 /// Create a consumer that reads PAGES from `start` for a replay. It is durable (so
 /// several replay processes can share it) but removed by the server after an hour
 /// unused, so an abandoned replay leaves nothing behind.
@@ -442,16 +458,7 @@ pub async fn ensure_replay_consumer(
     max_ack_pending: i64,
 ) -> Result<PullConsumer, Error> {
     let names = Names::new(&spider.name);
-    let deliver_policy = match start {
-        ReplayStart::All => DeliverPolicy::All,
-        ReplayStart::FromSeq(seq) => DeliverPolicy::ByStartSequence {
-            start_sequence: (*seq).max(1),
-        },
-        ReplayStart::Since(t) => DeliverPolicy::ByStartTime {
-            start_time: async_nats::datetime::parse_rfc3339(&t.to_rfc3339())
-                .map_err(|e| Error::js("replay start time", e))?,
-        },
-    };
+    let deliver_policy = start.deliver_policy()?;
     let config = pull::Config {
         durable_name: Some(name.to_string()),
         description: Some(format!("jetcrawl {} replay", spider.name)),

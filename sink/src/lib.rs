@@ -2,7 +2,8 @@
 //! in batches, idempotently.
 //!
 //! Layout:
-//! - `store`: the table, its schema and the batch upsert, for both databases
+//! - `store`: the table, its schema and the batch upsert, for both databases; `store/read`
+//!   reads rows back for `jetcrawl export`
 //! - `service`: the JetStream loop and the batcher
 //! - `error`: errors classified by SQLSTATE
 

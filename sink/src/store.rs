@@ -1,5 +1,9 @@
 //! Idempotent batch writes of items: PostgreSQL (one UNNEST upsert a batch) or SQLite.
-//! SQL lives here and only here.
+//! SQL lives here and only here (reads for `jetcrawl export` in `store/read.rs`).
+
+mod read;
+
+pub use read::StoredRow;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -3,7 +3,8 @@
 //!
 //! Layout: `servers` (NATS and Redis processes) · `db` (a PostgreSQL database per test,
 //! stored items) · `catalogue` (the test site's pages and expected items) · `site` (the
-//! axum server for it, request log) · `proxy` (a cuttable TCP forwarder) · `service`
+//! axum server for it, request log) · `proxy` (a cuttable TCP forwarder) · `proxies`
+//! (HTTP and SOCKS5 proxies that count what they forward) · `service`
 //! (crawler child processes) · `jetstream` (stream/consumer state, idle detection, dead
 //! letters, stored records) · `hostile` (the site's hostile pages under `/hostile/`,
 //! reached only when seeded) · `hosts` (a site of many loopback hosts, every request
@@ -16,6 +17,7 @@ pub mod db;
 pub mod hostile;
 pub mod hosts;
 pub mod jetstream;
+pub mod proxies;
 pub mod proxy;
 pub mod servers;
 pub mod service;

@@ -13,6 +13,10 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use tokio::time::{timeout_at, Instant};
 
+use jetcrawl_shared::config::ProxyUrl;
+use jetcrawl_shared::message::ResponseHead;
+use jetcrawl_shared::telemetry::Metrics;
+
 use crate::error::{redact_url, FetchError};
 
 const ACCEPT_VALUE: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
@@ -47,6 +51,10 @@ pub struct HttpConfig {
     pub allowed_hosts: Option<ScopeCheck>,
     /// Source address for outgoing connections (a multi-homed fetcher host).
     pub local_address: Option<std::net::IpAddr>,
+    /// `[http] proxies`: requests go through these, sticky per key; empty = direct.
+    pub proxies: Vec<ProxyUrl>,
+    /// Where proxy outcomes are counted.
+    pub metrics: Option<Metrics>,
 }
 
 impl Default for HttpConfig {
@@ -62,6 +70,8 @@ impl Default for HttpConfig {
             allow_private_networks: false,
             allowed_hosts: None,
             local_address: None,
+            proxies: Vec::new(),
+            metrics: None,
         }
     }
 }
@@ -81,6 +91,7 @@ impl fmt::Debug for HttpConfig {
                 "allowed_hosts",
                 &self.allowed_hosts.as_ref().map(|_| "<fn>"),
             )
+            .field("proxies", &self.proxies)
             .finish()
     }
 }
@@ -94,6 +105,8 @@ pub struct HttpResponse {
     pub content_type: Option<String>,
     /// Parsed Retry-After (delta-seconds or HTTP-date), at most one hour.
     pub retry_after: Option<Duration>,
+    /// The HTTP version and the headers worth keeping (for archives).
+    pub head: ResponseHead,
     /// Decompressed bytes, at most `max_body_bytes`.
     pub body: Bytes,
     /// Whether the body was cut at `max_body_bytes`.
@@ -112,37 +125,83 @@ pub struct Validators {
     pub last_modified: Option<String>,
 }
 
-/// A GET-only client; cheap to clone (shares one connection pool).
-#[derive(Clone, Debug)]
+/// A GET-only client; cheap to clone (shares one connection pool per way out).
+#[derive(Clone)]
 pub struct HttpClient {
     client: reqwest::Client,
+    /// Set when `[http] proxies` lists any: requests go through them, not `client`.
+    proxies: Option<Arc<ProxyPool>>,
     cfg: Arc<HttpConfig>,
+}
+
+impl fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpClient")
+            .field("cfg", &self.cfg)
+            .finish()
+    }
+}
+
+/// A failed attempt, and whom it points at when it went through a proxy.
+struct Failure {
+    error: FetchError,
+    suspicion: Suspicion,
+}
+
+impl From<FetchError> for Failure {
+    fn from(error: FetchError) -> Self {
+        Failure {
+            error,
+            suspicion: Suspicion::Target,
+        }
+    }
 }
 
 impl HttpClient {
     pub fn new(cfg: HttpConfig) -> Result<Self, FetchError> {
+        // Without proxies, the system's proxy settings are ignored too: a proxy would
+        // resolve names itself, out of reach of the resolver's private-address filter.
+        let client = Self::builder(&cfg, Vec::new())
+            .no_proxy()
+            .build()
+            .map_err(|e| FetchError::Http(describe(&e)))?;
+        let proxies = if cfg.proxies.is_empty() {
+            None
+        } else {
+            let exempt = ProxyPool::hosts(&cfg.proxies);
+            let pool = ProxyPool::new(&cfg.proxies, cfg.metrics.clone(), |proxy| {
+                Self::builder(&cfg, exempt.clone())
+                    .proxy(proxy)
+                    .build()
+                    .map_err(|e| FetchError::Http(describe(&e)))
+            })?;
+            Some(Arc::new(pool))
+        };
+        Ok(HttpClient {
+            client,
+            proxies,
+            cfg: Arc::new(cfg),
+        })
+    }
+
+    /// Everything but the way out. `exempt`: host names resolved without the
+    /// private-address filter (the proxies' own).
+    fn builder(cfg: &HttpConfig, exempt: Vec<String>) -> reqwest::ClientBuilder {
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static(ACCEPT_VALUE));
         let resolver = GuardedResolver {
             allow_private: cfg.allow_private_networks,
+            exempt,
         };
-        let client = reqwest::Client::builder()
+        reqwest::Client::builder()
             .user_agent(cfg.user_agent.as_str())
             .default_headers(headers)
             .redirect(reqwest::redirect::Policy::none())
-            // A proxy would resolve names itself, out of reach of the private-address guard.
-            .no_proxy()
             .connect_timeout(cfg.connect_timeout)
             .read_timeout(cfg.read_timeout)
             .http2_max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
             .dns_resolver(Arc::new(resolver))
             .local_address(cfg.local_address)
-            .build()
-            .map_err(|e| FetchError::Http(describe(&e)))?;
-        Ok(HttpClient {
-            client,
-            cfg: Arc::new(cfg),
-        })
     }
 
     pub fn config(&self) -> &HttpConfig {
@@ -150,27 +209,86 @@ impl HttpClient {
     }
 
     /// GET `url`, following up to `max_redirects` redirects; every hop is checked for
-    /// scheme (http/https), scope and private addresses. A loop fails at once.
+    /// scheme (http/https), scope and private addresses. A loop fails at once. Through
+    /// proxies, the URL's host picks the proxy ([`HttpClient::get_keyed`]).
     pub async fn get(&self, url: &url::Url) -> Result<HttpResponse, FetchError> {
-        self.get_if(url, &Validators::default()).await
+        let key = url.host_str().unwrap_or_default().to_ascii_lowercase();
+        self.get_keyed(url, &key, &Validators::default()).await
     }
 
-    /// [`HttpClient::get`], conditional on `validators` (a `304 Not Modified` is
-    /// returned as such, with no body).
-    pub async fn get_if(
+    /// [`HttpClient::get`]; through proxies, `key` (the politeness key) picks the
+    /// proxy, so every request of one site leaves by the same one while it works. A
+    /// proxy at fault is set aside and the request goes through the next. Conditional
+    /// on `validators` (a `304 Not Modified` is returned as such, with no body).
+    pub async fn get_keyed(
         &self,
         url: &url::Url,
+        key: &str,
         validators: &Validators,
     ) -> Result<HttpResponse, FetchError> {
         let started = Instant::now();
         let deadline = started + self.cfg.total_timeout;
+        let Some(pool) = &self.proxies else {
+            return self
+                .get_via(&self.client, url, validators, started, deadline)
+                .await
+                .map_err(|f| f.error);
+        };
+        let mut last = None;
+        for proxy in pool.route(key) {
+            if Instant::now() >= deadline {
+                break;
+            }
+            match self
+                .get_via(&proxy.client, url, validators, started, deadline)
+                .await
+            {
+                Ok(response) if response.status == 407 => {
+                    pool.refused(proxy);
+                    last = Some(FetchError::Connect(format!(
+                        "proxy {} refused the login (407)",
+                        proxy.name
+                    )));
+                }
+                Ok(response) => {
+                    pool.succeeded(proxy);
+                    return Ok(response);
+                }
+                Err(failure) => {
+                    let error = proxy.scrub(failure.error);
+                    if !pool.failed(proxy, failure.suspicion).await {
+                        return Err(error);
+                    }
+                    tracing::debug!(proxy = %proxy.name, error = %error, "proxy failed; trying the next");
+                    last = Some(error);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| FetchError::Connect("every proxy is set aside".into())))
+    }
+
+    /// One GET through `client` (direct, or one proxy's), redirects followed.
+    async fn get_via(
+        &self,
+        client: &reqwest::Client,
+        url: &url::Url,
+        validators: &Validators,
+        started: Instant,
+        deadline: Instant,
+    ) -> Result<HttpResponse, Failure> {
         let mut current = url.clone();
         let mut visited = HashSet::new();
         let mut redirects = 0;
         loop {
             self.check_target(&current)?;
+            if self.proxies.is_some() && !self.cfg.allow_private_networks {
+                // A proxy resolves the name itself: resolve and check it here first.
+                timeout_at(deadline, guard::check_name(&current))
+                    .await
+                    .map_err(|_| FetchError::Timeout)??;
+            }
             visited.insert(current.clone());
-            let mut request = self.client.get(current.clone());
+            let mut request = client.get(current.clone());
             if let Some(etag) = &validators.etag {
                 request = request.header(reqwest::header::IF_NONE_MATCH, etag.as_str());
             }
@@ -179,22 +297,32 @@ impl HttpClient {
             }
             let response = timeout_at(deadline, request.send())
                 .await
-                .map_err(|_| FetchError::Timeout)?
-                .map_err(map_reqwest_error)?;
+                .map_err(|_| Failure {
+                    error: FetchError::Timeout,
+                    suspicion: Suspicion::Either,
+                })?
+                .map_err(|e| Failure {
+                    suspicion: proxy::suspicion(&e),
+                    error: map_reqwest_error(e),
+                })?;
             let header_bytes = header_bytes(response.headers());
             if header_bytes > self.cfg.max_header_bytes {
-                return Err(FetchError::HeadersTooLarge(self.cfg.max_header_bytes));
+                return Err(Failure::from(FetchError::HeadersTooLarge(
+                    self.cfg.max_header_bytes,
+                )));
             }
             if let Some(next) = redirect_target(&current, &response)? {
                 if visited.contains(&next) {
-                    return Err(FetchError::TooManyRedirects(redirects + 1));
+                    return Err(Failure::from(FetchError::TooManyRedirects(redirects + 1)));
                 }
                 if redirects >= self.cfg.max_redirects {
-                    return Err(FetchError::TooManyRedirects(redirects));
+                    return Err(Failure::from(FetchError::TooManyRedirects(redirects)));
                 }
                 if let Some(in_scope) = &self.cfg.allowed_hosts {
                     if !in_scope(&next) {
-                        return Err(FetchError::RedirectOutOfScope(redact_url(&next)));
+                        return Err(Failure::from(FetchError::RedirectOutOfScope(redact_url(
+                            &next,
+                        ))));
                     }
                 }
                 redirects += 1;
@@ -222,6 +350,13 @@ impl HttpClient {
                 etag: header(reqwest::header::ETAG),
                 last_modified: header(reqwest::header::LAST_MODIFIED),
             };
+            let head = ResponseHead::keep(
+                version_name(response.version()),
+                response
+                    .headers()
+                    .iter()
+                    .map(|(name, value)| (name.as_str(), value.as_bytes())),
+            );
             let (body, truncated) = self.read_body(response, deadline).await?;
             return Ok(HttpResponse {
                 validators,
@@ -229,6 +364,7 @@ impl HttpClient {
                 status,
                 content_type,
                 retry_after,
+                head,
                 body,
                 truncated,
                 redirects,
@@ -316,6 +452,17 @@ fn redirect_target(
     Ok(Some(next))
 }
 
+/// `HTTP/1.1`, as on a status line.
+fn version_name(version: reqwest::Version) -> &'static str {
+    match version {
+        reqwest::Version::HTTP_09 => "HTTP/0.9",
+        reqwest::Version::HTTP_10 => "HTTP/1.0",
+        reqwest::Version::HTTP_2 => "HTTP/2",
+        reqwest::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
 fn header_bytes(headers: &HeaderMap) -> usize {
     // name + ": " + value + CRLF, as on the wire.
     headers
@@ -345,9 +492,12 @@ pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
 }
 
 mod guard;
+mod proxy;
 
 pub use guard::is_refused_address;
 use guard::{GuardedResolver, ResolveError};
+pub use proxy::proxy_order;
+use proxy::{ProxyPool, Suspicion};
 
 fn map_reqwest_error(err: reqwest::Error) -> FetchError {
     let mut source = std::error::Error::source(&err);

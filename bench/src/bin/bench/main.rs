@@ -7,6 +7,7 @@
 
 mod crawl;
 mod embedded;
+mod export;
 mod hosts;
 mod parse;
 mod sink;
@@ -78,6 +79,16 @@ enum Scenario {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// `jetcrawl export` alone: a pre-filled PAGES stream into WARC, a pre-filled
+    /// table into JSON Lines and CSV.
+    Export {
+        #[arg(long, default_value_t = 20_000)]
+        pages: usize,
+        #[arg(long, default_value_t = 200_000)]
+        items: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Every scenario with its defaults (memory with 200,000 pages, one run).
     All {
         #[arg(long, default_value_t = 3)]
@@ -141,6 +152,9 @@ async fn main() -> Result<()> {
             fetchers,
             runs,
         } => hosts::hosts(&bins, hosts, pages, fetchers, runs).await?,
+        Scenario::Export { pages, items, runs } => {
+            export::export(&bins, pages, items, runs).await?
+        }
         Scenario::All { runs } => {
             distributed(&bins, &CrawlArgs::with(20_000, runs)).await?;
             embedded(&bins, &CrawlArgs::with(20_000, runs)).await?;
@@ -150,6 +164,7 @@ async fn main() -> Result<()> {
             backpressure(&bins, &CrawlArgs::with(20_000, runs), 2000).await?;
             memory(&bins, &CrawlArgs::with(200_000, 1)).await?;
             hosts::hosts(&bins, 500, 20, 3, runs).await?;
+            export::export(&bins, 20_000, 200_000, runs).await?;
         }
     }
     Ok(())
