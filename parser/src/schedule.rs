@@ -14,6 +14,7 @@ use jetcrawl_shared::config::PolitenessPer;
 use jetcrawl_shared::dupefilter::{tracked_depth, Dupefilter, Seen};
 use jetcrawl_shared::hostkey::HostKeys;
 use jetcrawl_shared::message::{item_msg_id, request_id, CrawlRequest, Item};
+use jetcrawl_shared::render::{render_subject, RenderMatch};
 use jetcrawl_shared::telemetry::Metrics;
 use jetcrawl_shared::topology::Names;
 
@@ -44,6 +45,9 @@ pub struct Planner {
     pub keys: HostKeys,
     /// The spider's `max_depth`.
     pub max_depth: u32,
+    /// URLs that go to renderers (`[render] match`): planned onto the render subject
+    /// of the same partition.
+    pub render: RenderMatch,
 }
 
 impl Planner {
@@ -54,6 +58,7 @@ impl Planner {
             partitions: spider.streams.partitions,
             keys: HostKeys::new(spider.politeness.per),
             max_depth: spider.max_depth,
+            render: RenderMatch::of_valid(spider),
         }
     }
 
@@ -69,9 +74,12 @@ impl Planner {
             let fp = url_fingerprint(url);
             planned.push(Planned {
                 fp,
-                subject: self
-                    .names
-                    .frontier_subject(partition(&key, self.partitions)),
+                subject: if self.render.matches(url.as_str()) {
+                    render_subject(self.names.crawl(), partition(&key, self.partitions))
+                } else {
+                    self.names
+                        .frontier_subject(partition(&key, self.partitions))
+                },
                 msg_id: request_id(fp, tracked_depth(depth, self.max_depth)),
                 request: CrawlRequest {
                     url: url.to_string(),
@@ -348,6 +356,14 @@ mod tests {
             partitions: 64,
             keys: HostKeys::new(per),
             max_depth: 8,
+            render: RenderMatch::of_valid(
+                &jetcrawl_shared::CompiledSpider::from_toml(
+                    "name = \"c\"\n[render]\nmatch = ['/app/']\n",
+                    std::path::Path::new("t.toml"),
+                )
+                .unwrap()
+                .spider,
+            ),
         }
     }
 
@@ -371,6 +387,21 @@ mod tests {
         assert_eq!(planned[2].request.depth, 3);
         assert_eq!(planned[0].request.key, None);
         assert_ne!(planned[0].fp, planned[1].fp);
+    }
+
+    #[tokio::test]
+    async fn render_urls_go_to_the_render_subject_of_the_same_partition() {
+        let urls = vec![
+            Url::parse("http://a.test/app/1").unwrap(),
+            Url::parse("http://a.test/static/1").unwrap(),
+        ];
+        let planned = planner(PolitenessPer::Host).plan(&urls, 0).await;
+        let p = partition("a.test", 64);
+        assert_eq!(
+            planned[0].subject,
+            format!("jetcrawl.c.frontier.render.{p}")
+        );
+        assert_eq!(planned[1].subject, format!("jetcrawl.c.frontier.{p}"));
     }
 
     #[tokio::test]

@@ -37,6 +37,8 @@ pub mod header {
     pub const ERROR: &str = "Jetcrawl-Error";
     /// Low-cardinality class of the error.
     pub const ERROR_KIND: &str = "Jetcrawl-Error-Kind";
+    /// `true` on a page whose body is the DOM after its scripts ran (`jetcrawl renderer`).
+    pub const RENDERED: &str = "Jetcrawl-Rendered";
     /// Dead letters: the stage that gave up.
     pub const STAGE: &str = "Jetcrawl-Stage";
     /// Dead letters: the subject the message came from.
@@ -193,6 +195,9 @@ pub struct Page {
     pub error: Option<String>,
     /// Error class, for error records.
     pub error_kind: Option<String>,
+    /// Went through a browser (`[render]`): the body is the DOM after the scripts ran
+    /// (or the record says why it could not be rendered).
+    pub rendered: bool,
     /// Body as UTF-8 (textual types) or raw bytes; empty for error records.
     pub body: Bytes,
 }
@@ -242,6 +247,9 @@ impl Page {
         if let Some(k) = &self.error_kind {
             h.insert(header::ERROR_KIND, k.as_str());
         }
+        if self.rendered {
+            h.insert(header::RENDERED, "true");
+        }
         h
     }
 
@@ -277,6 +285,7 @@ impl Page {
             truncated: get(header::TRUNCATED).as_deref() == Some("true"),
             error: get(header::ERROR),
             error_kind: get(header::ERROR_KIND),
+            rendered: get(header::RENDERED).as_deref() == Some("true"),
             body: payload,
         })
     }
@@ -386,6 +395,7 @@ mod tests {
             truncated: true,
             error: None,
             error_kind: None,
+            rendered: true,
             body: Bytes::from_static(b"<html></html>"),
         };
         let back = Page::from_message(Some(&page.to_headers()), page.body.clone()).unwrap();

@@ -8,6 +8,7 @@
 mod crawl;
 mod embedded;
 mod hosts;
+mod render;
 mod sink;
 
 use anyhow::Result;
@@ -62,6 +63,18 @@ enum Scenario {
         pages: usize,
         #[arg(long, default_value_t = 3)]
         fetchers: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// `[render]` pages: `jetcrawl crawl` rendering a script-built shop in headless
+    /// Chromium (needs chromium; not part of `all`).
+    Render {
+        /// Product pages (each built by a script from a JSON API).
+        #[arg(long, default_value_t = 200)]
+        pages: usize,
+        /// Browser tabs.
+        #[arg(long, default_value_t = 4)]
+        tabs: usize,
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
@@ -126,6 +139,7 @@ async fn main() -> Result<()> {
             fetchers,
             runs,
         } => hosts::hosts(&bins, hosts, pages, fetchers, runs).await?,
+        Scenario::Render { pages, tabs, runs } => render::render(&bins, pages, tabs, runs).await?,
         Scenario::All { runs } => {
             distributed(&bins, &CrawlArgs::with(20_000, runs)).await?;
             embedded(&bins, &CrawlArgs::with(20_000, runs)).await?;
