@@ -136,6 +136,47 @@ async fn embedded_crawl_renders_script_pages_and_ends_past_a_hanging_one() {
 }
 
 #[tokio::test]
+async fn the_browsers_requests_keep_the_hosts_delay() {
+    // Documents, scripts and API calls of two tabs: all through the one gate of the
+    // shop's host, 100 ms apart at least, one at a time.
+    let site = JsSite::start(Duration::ZERO).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let spider = dir.path().join("shop.toml");
+    let toml = site.spider_with("polite", RENDER_TIMEOUT_MS, 100, 1);
+    std::fs::write(&spider, toml).expect("write spider");
+    let out = dir.path().join("items.jsonl");
+    let args = [
+        "crawl",
+        spider.to_str().expect("utf-8 path"),
+        "--out",
+        out.to_str().expect("utf-8 path"),
+        "--tabs",
+        "2",
+    ];
+    let run = tokio::time::timeout(CRAWL, jetcrawl(&args, &[]).output())
+        .await
+        .expect("the crawl ends")
+        .expect("run jetcrawl crawl");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_items_eq(&jsonl_items(&out), &site.expected_items());
+    // Pages, scripts and API calls of every product, at least.
+    assert!(
+        site.requests() > 3 * site::PRODUCTS as usize,
+        "{}",
+        site.requests()
+    );
+    let closest = site.min_spacing().expect("requests");
+    assert!(
+        closest >= Duration::from_millis(90),
+        "two requests to the shop {closest:?} apart (delay_ms = 100)"
+    );
+}
+
+#[tokio::test]
 async fn no_browser_is_a_clear_error_at_start() {
     let site = JsSite::start(Duration::ZERO).await;
     let dir = tempfile::tempdir().expect("temp dir");

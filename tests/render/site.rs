@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode, Uri};
@@ -38,6 +38,8 @@ struct State_ {
     secret: String,
     api_delay: Duration,
     log: Mutex<BTreeMap<String, u32>>,
+    /// When each request arrived, in order.
+    starts: Mutex<Vec<Instant>>,
 }
 
 /// The running shop and its secret neighbour.
@@ -72,6 +74,7 @@ impl JsSite {
             secret: format!("http://{secret_addr}/secret"),
             api_delay,
             log: Mutex::new(BTreeMap::new()),
+            starts: Mutex::new(Vec::new()),
         });
         let app = Router::new().fallback(handle).with_state(state.clone());
         let tasks = vec![
@@ -105,8 +108,30 @@ impl JsSite {
         log.get(path).copied().unwrap_or(0)
     }
 
+    /// The shortest time between two requests' arrivals at the shop.
+    pub fn min_spacing(&self) -> Option<Duration> {
+        let starts = self.state.starts.lock().expect("starts");
+        starts.windows(2).map(|w| w[1] - w[0]).min()
+    }
+
+    /// Requests the shop received.
+    pub fn requests(&self) -> usize {
+        self.state.starts.lock().expect("starts").len()
+    }
+
     /// The spider for the shop: `/app/` through renderers, the rest through fetchers.
     pub fn spider(&self, crawl: &str, timeout_ms: u64) -> String {
+        self.spider_with(crawl, timeout_ms, 0, 8)
+    }
+
+    /// [`JsSite::spider`] with its politeness.
+    pub fn spider_with(
+        &self,
+        crawl: &str,
+        timeout_ms: u64,
+        delay_ms: u64,
+        concurrency: u32,
+    ) -> String {
         format!(
             r#"name = "{crawl}"
 start_urls = ["{base}/"]
@@ -116,8 +141,8 @@ user_agent = "jetcrawl-test"
 allow_private_networks = true
 
 [politeness]
-delay_ms = 0
-concurrency_per_host = 8
+delay_ms = {delay_ms}
+concurrency_per_host = {concurrency}
 autothrottle = false
 
 [http]
@@ -189,6 +214,7 @@ fn product_price(n: u32) -> String {
 
 async fn handle(State(state): State<Arc<State_>>, uri: Uri) -> Response {
     let path = uri.path().to_string();
+    state.starts.lock().expect("starts").push(Instant::now());
     *state
         .log
         .lock()
