@@ -49,7 +49,7 @@ impl RenderError {
             RenderError::BrowserGone => "browser_gone",
             RenderError::BrowserHung(_) => "browser_hung",
             RenderError::Protocol(_) => "devtools",
-            RenderError::Tab(_) => "render_crashed",
+            RenderError::Tab(_) => "render_failed",
             RenderError::Timeout(_) => "render_timeout",
             RenderError::Fetch(_) => "fetch",
             RenderError::Shared(_) => "nats",
