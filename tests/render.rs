@@ -317,6 +317,15 @@ async fn distributed_crawl_renders_through_a_browser_crash_and_a_killed_renderer
         record("/static/about.html").header("Jetcrawl-Rendered"),
         None
     );
+    // `jetcrawl status` shows the renderers' consumers and the live renderer.
+    let status = h.status_json().await;
+    let consumers = status["consumers"].as_array().expect("consumers");
+    let render_row = consumers
+        .iter()
+        .find(|c| c["name"] == "renderer")
+        .unwrap_or_else(|| panic!("no renderer row in status: {status}"));
+    assert_eq!(render_row["live"], 1, "{render_row}");
+    assert_eq!(render_row["pending"], 0, "{render_row}");
     h.stop_all(&mut [&mut fetcher, &mut parser, &mut sink, &mut renderer2])
         .await;
 }
