@@ -329,3 +329,39 @@ async fn distributed_crawl_renders_through_a_browser_crash_and_a_killed_renderer
     h.stop_all(&mut [&mut fetcher, &mut parser, &mut sink, &mut renderer2])
         .await;
 }
+
+#[tokio::test]
+async fn two_renderers_divide_the_render_partitions_and_crawl_the_shop() {
+    let site = JsSite::start(Duration::ZERO).await;
+    let h = Harness::start(HarnessOptions::default()).await;
+    h.write_spider(&site.spider(&h.crawl, RENDER_TIMEOUT_MS));
+    let [mut fetcher, mut parser, mut sink] = h.spawn_pipeline();
+    let mut renderers = [h.spawn(Role::Renderer), h.spawn(Role::Renderer)];
+    // 16 render partitions, 8 each: the fetchers' lease scheme, in a bucket of their own
+    // (the fetcher keeps all 16 frontier partitions to itself).
+    for r in &renderers {
+        h.wait_until(CRAWL, "render partitions divided", || async {
+            if r.metrics_addr().is_none() {
+                return false; // not serving metrics yet
+            }
+            let (_, m) = r.http_get("/metrics").await;
+            metric(&m, "jetcrawl_partitions_owned ") == 8.0
+                && metric(&m, "jetcrawl_live_fetchers ") == 2.0
+        })
+        .await;
+    }
+    let (_, m) = fetcher.http_get("/metrics").await;
+    assert_eq!(metric(&m, "jetcrawl_partitions_owned "), 16.0, "{m}");
+    let seed = format!("{}/", site.base());
+    h.seed(&[&seed]).await;
+    let expected = site.expected_items();
+    h.wait_until(CRAWL, "every item stored", || async {
+        h.db.count(&h.crawl).await >= expected.len() as i64
+    })
+    .await;
+    h.wait_idle(CRAWL).await;
+    h.assert_items(&expected).await;
+    let [a, b] = &mut renderers;
+    h.stop_all(&mut [&mut fetcher, &mut parser, &mut sink, a, b])
+        .await;
+}
