@@ -175,3 +175,94 @@ impl Network {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use jetcrawl_fetcher::FetcherOptions;
+
+    use super::*;
+
+    fn network() -> (Arc<Network>, Metrics) {
+        let spider = CompiledSpider::from_toml(
+            "name = \"n\"\nallowed_domains = [\"127.0.0.2\"]\nallow_private_networks = true\n\
+             [render]\nmatch = ['/app/']\n",
+            Path::new("n.toml"),
+        )
+        .unwrap();
+        let metrics = Metrics::new();
+        let fetcher = Fetcher::new(
+            Arc::new(spider.clone()),
+            FetcherOptions::bounded_by_caller(1 << 20, 2),
+            metrics.clone(),
+        )
+        .unwrap();
+        (
+            Network::new(fetcher, &spider, metrics.clone()).unwrap(),
+            metrics,
+        )
+    }
+
+    fn paused(url: &str, method: &str, resource_type: &str) -> Paused {
+        Paused {
+            url: url.into(),
+            method: method.into(),
+            resource_type: resource_type.into(),
+            origin: None,
+        }
+    }
+
+    async fn refused(net: &Network, req: Paused) -> Option<&'static str> {
+        match net.answer(&req, 0).await {
+            Answer::Fail { refused, .. } => refused,
+            Answer::Respond { status, .. } => panic!("{req:?} answered {status}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_script_cannot_reach_a_private_address_out_of_scope() {
+        let (net, metrics) = network();
+        // The spider allows private networks, for its own host (127.0.0.2) only.
+        for url in [
+            "http://127.0.0.3:9/secret",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[::1]:9/",
+            "http://10.0.0.1/",
+        ] {
+            let req = paused(url, "GET", "XHR");
+            assert_eq!(refused(&net, req).await, Some("private_address"), "{url}");
+        }
+        let text = metrics.render();
+        assert!(
+            text.contains("jetcrawl_browser_requests_refused_total{reason=\"private_address\"} 4"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn what_a_crawl_does_not_fetch_for_a_page() {
+        let (net, _) = network();
+        let cases = [
+            (
+                paused("http://127.0.0.2/api", "POST", "XHR"),
+                Some("method"),
+            ),
+            (paused("ftp://127.0.0.2/x", "GET", "Fetch"), Some("scheme")),
+            (paused("not a url", "GET", "Script"), Some("url")),
+            // A frame navigating out of the crawl's scope.
+            (
+                paused("http://other.test/", "GET", "Document"),
+                Some("scope"),
+            ),
+            // Decoration: never fetched, not counted as refused.
+            (paused("http://127.0.0.2/a.png", "GET", "Image"), None),
+            (paused("http://127.0.0.2/f.woff2", "GET", "Font"), None),
+            (paused("http://127.0.0.2/favicon.ico", "GET", "Other"), None),
+        ];
+        for (req, want) in cases {
+            let label = format!("{req:?}");
+            assert_eq!(refused(&net, req).await, want, "{label}");
+        }
+    }
+}
