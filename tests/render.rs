@@ -1,6 +1,7 @@
 //! JavaScript pages (`[render]`): a shop whose pages are empty shells filled by scripts
 //! (tests/render/site.rs), crawled in embedded mode and by a fetcher, a renderer, a
-//! parser and a sink, with the browser and the renderer killed mid-crawl. Needs
+//! parser and a sink, with the browser killed, then stopped, and the renderer killed
+//! mid-crawl. Needs
 //! Chromium (`scripts/deps.sh` installs it; `CHROMIUM` names another).
 
 mod common;
@@ -221,9 +222,9 @@ async fn no_browser_is_a_clear_error_at_start() {
 }
 
 #[tokio::test]
-async fn distributed_crawl_renders_through_a_browser_crash_and_a_killed_renderer() {
+async fn distributed_crawl_renders_through_a_browser_crash_a_hang_and_a_killed_renderer() {
     // The API answers slowly, so the crawl is still going when the kills come.
-    let site = JsSite::start(Duration::from_millis(300)).await;
+    let site = JsSite::start(Duration::from_millis(500)).await;
     let h = Harness::start(HarnessOptions::default()).await;
     h.write_spider(&site.spider(&h.crawl, RENDER_TIMEOUT_MS));
     let tabs = ["--tabs".to_string(), "2".to_string()];
@@ -269,6 +270,24 @@ async fn distributed_crawl_renders_through_a_browser_crash_and_a_killed_renderer
         ) >= 1.0,
         "the secret probe was not refused by the guard:\n{metrics}"
     );
+
+    // 1b. The browser hangs (SIGSTOP): its pages time out, their contexts cannot be
+    //     disposed of, so the browser is killed and replaced, and they render again.
+    let stuck = browser_pid(&log).expect("second browser");
+    let stored_before = h.db.count(&h.crawl).await;
+    assert!(mid_crawl(stored_before), "the crawl ended too soon");
+    let _ = std::process::Command::new("kill")
+        .args(["-STOP", &stuck.to_string()])
+        .status();
+    h.wait_until(CRAWL, "the hung browser replaced", || {
+        let log = log.clone();
+        async move { browser_pid(&log).is_some_and(|p| p != stuck) }
+    })
+    .await;
+    h.wait_until(CRAWL, "items stored again", || async {
+        h.db.count(&h.crawl).await > stored_before
+    })
+    .await;
 
     // 2. The renderer itself is killed: its browser goes with it, and a new renderer
     //    takes its partitions; what it held comes back, nothing is lost.

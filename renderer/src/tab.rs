@@ -101,6 +101,14 @@ pub async fn render(cdp: &Cdp, job: Job<'_>) -> Rendered {
         }
         _ => true,
     };
+    let result = match result {
+        // A page that timed out in a browser that then could not clean up: the
+        // browser hung (stopped, starved), not the page. Render it again elsewhere.
+        Err(RenderError::Timeout(_)) if !browser_ok => Err(RenderError::BrowserHung(
+            "Target.disposeBrowserContext".into(),
+        )),
+        other => other,
+    };
     Rendered { result, browser_ok }
 }
 
