@@ -1,7 +1,9 @@
 //! `[render]` pages through headless Chromium: `jetcrawl crawl` (one process, its
 //! renderer in-process) on a shop whose product pages are empty shells a script fills
-//! from a JSON API. Rendered pages/s, and the memory of jetcrawl with its browser
-//! (every process of the tree, sampled every 100 ms).
+//! from a JSON API. Rendered pages/s; the CPU time and memory of jetcrawl with its
+//! browser: every process of the tree, sampled every 100 ms. Memory is PSS (shared
+//! pages split between the processes that map them): Chromium's processes share most
+//! of their libraries, and summing their RSS would count those once per process.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -97,10 +99,25 @@ price = "div.product p.price"
     )
 }
 
-/// Resident memory of `root` and every process below it, bytes.
-fn tree_rss(root: u32) -> u64 {
+/// Proportional set size of a process, bytes (its RSS where PSS is not available).
+fn pss(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok();
+    let kib = text.as_deref().and_then(|t| {
+        let line = t.lines().find(|l| l.starts_with("Pss:"))?;
+        line["Pss:".len()..]
+            .split_whitespace()
+            .next()?
+            .parse::<u64>()
+            .ok()
+    });
+    kib.map(|k| k * 1024).or_else(|| procs::rss(pid))
+}
+
+/// Memory (PSS) and CPU time (own and reaped children's) of `root` and every process
+/// below it: (bytes, CPU).
+fn tree_usage(root: u32) -> (u64, Duration) {
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
+        return (0, Duration::ZERO);
     };
     let mut parent: HashMap<u32, u32> = HashMap::new();
     for pid in entries
@@ -126,11 +143,11 @@ fn tree_rss(root: u32) -> u64 {
             _ => return false,
         }
     };
-    parent
-        .keys()
-        .filter(|&&pid| in_tree(pid))
-        .filter_map(|&pid| procs::rss(pid))
-        .sum()
+    let tree: Vec<u32> = parent.keys().copied().filter(|&pid| in_tree(pid)).collect();
+    (
+        tree.iter().filter_map(|&pid| pss(pid)).sum(),
+        tree.iter().filter_map(|&pid| procs::cpu_time(pid)).sum(),
+    )
 }
 
 pub(crate) async fn render(bins: &Bins, products: usize, tabs: usize, runs: usize) -> Result<()> {
@@ -164,9 +181,11 @@ pub(crate) async fn render(bins: &Bins, products: usize, tabs: usize, runs: usiz
         let started = Instant::now();
         let mut proc = Proc::spawn("crawl", &bins.jetcrawl, &args, tmp.path())?;
         let pid = proc.pid();
-        let (mut peak_tree, mut own) = (0u64, 0u64);
+        let (mut peak_tree, mut own, mut cpu) = (0u64, 0u64, Duration::ZERO);
         loop {
-            peak_tree = peak_tree.max(tree_rss(pid));
+            let (mem, used) = tree_usage(pid);
+            peak_tree = peak_tree.max(mem);
+            cpu = cpu.max(used);
             own = own.max(proc.peak_rss());
             if proc.check_running().is_err() {
                 break;
@@ -186,14 +205,22 @@ pub(crate) async fn render(bins: &Bins, products: usize, tabs: usize, runs: usiz
                 std::fs::read_to_string(proc.log()).unwrap_or_default()
             );
         }
+        let cpu_per_page = cpu.as_secs_f64() / pages;
         println!(
-            "run {i}: {pages:.0} pages rendered in {secs:.2} s: {:.1} pages/s; peak RSS: \
-             jetcrawl {:.0} MB, jetcrawl + browser {:.0} MB",
+            "run {i}: {pages:.0} pages rendered in {secs:.2} s: {:.1} pages/s, {:.3} CPU-s \
+             per page (jetcrawl + browser); peak RSS jetcrawl {:.0} MB; peak PSS jetcrawl + \
+             browser {:.0} MB",
             pages / secs,
+            cpu_per_page,
             own as f64 / 1e6,
             peak_tree as f64 / 1e6
         );
-        rows.push((pages / secs, own as f64 / 1e6, peak_tree as f64 / 1e6));
+        rows.push((
+            pages / secs,
+            own as f64 / 1e6,
+            peak_tree as f64 / 1e6,
+            cpu_per_page,
+        ));
     }
     server.abort();
     println!("| figure | median of {} |", rows.len());
@@ -207,8 +234,12 @@ pub(crate) async fn render(bins: &Bins, products: usize, tabs: usize, runs: usiz
         median(rows.iter().map(|r| r.1).collect())
     );
     println!(
-        "| peak RSS, jetcrawl + browser processes (MB) | {:.0} |",
+        "| peak PSS, jetcrawl + browser processes (MB) | {:.0} |",
         median(rows.iter().map(|r| r.2).collect())
+    );
+    println!(
+        "| CPU-s per rendered page, jetcrawl + browser | {:.3} |",
+        median(rows.iter().map(|r| r.3).collect())
     );
     Ok(())
 }
