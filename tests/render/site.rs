@@ -40,6 +40,8 @@ struct State_ {
     log: Mutex<BTreeMap<String, u32>>,
     /// When each request arrived, in order.
     starts: Mutex<Vec<Instant>>,
+    /// Each request's arrival and the end of its answer.
+    spans: Mutex<Vec<(Instant, Instant)>>,
 }
 
 /// The running shop and its secret neighbour.
@@ -75,6 +77,7 @@ impl JsSite {
             api_delay,
             log: Mutex::new(BTreeMap::new()),
             starts: Mutex::new(Vec::new()),
+            spans: Mutex::new(Vec::new()),
         });
         let app = Router::new().fallback(handle).with_state(state.clone());
         let tasks = vec![
@@ -112,6 +115,21 @@ impl JsSite {
     pub fn min_spacing(&self) -> Option<Duration> {
         let starts = self.state.starts.lock().expect("starts");
         starts.windows(2).map(|w| w[1] - w[0]).min()
+    }
+
+    /// The most requests the shop was answering at once.
+    pub fn max_in_flight(&self) -> usize {
+        let spans = self.state.spans.lock().expect("spans");
+        spans
+            .iter()
+            .map(|(start, _)| {
+                spans
+                    .iter()
+                    .filter(|(s, e)| s <= start && start < e)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// Requests the shop received.
@@ -213,8 +231,16 @@ fn product_price(n: u32) -> String {
 }
 
 async fn handle(State(state): State<Arc<State_>>, uri: Uri) -> Response {
+    let started = Instant::now();
+    state.starts.lock().expect("starts").push(started);
+    let response = respond(&state, uri).await;
+    let span = (started, Instant::now());
+    state.spans.lock().expect("spans").push(span);
+    response
+}
+
+async fn respond(state: &State_, uri: Uri) -> Response {
     let path = uri.path().to_string();
-    state.starts.lock().expect("starts").push(Instant::now());
     *state
         .log
         .lock()
