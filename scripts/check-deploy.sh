@@ -27,6 +27,7 @@ rejects "docker compose config" "$compose" -f "$tmp/bad-compose.yaml" config -q
 log "docker compose config -q ($("$compose" version --short))"
 "$compose" -f deploy/compose.yaml config -q
 "$compose" -f deploy/compose.yaml --profile tools config -q
+"$compose" -f deploy/compose.yaml --profile render config -q
 
 # --- Dockerfile -------------------------------------------------------------------
 printf 'FROM debian\nRUN apt-get install curl\n' > "$tmp/Dockerfile.bad"

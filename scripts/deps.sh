@@ -1,5 +1,5 @@
 # Sourced by scripts/test.sh and scripts/bench.sh: `ensure_deps` installs what is
-# missing (redis-server, PostgreSQL, a current nats-server, warcio) and starts PostgreSQL if it
+# missing (redis-server, PostgreSQL, chromium, a current nats-server, warcio) and starts PostgreSQL if it
 # is down, so both run on a fresh machine.
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -16,6 +16,8 @@ ensure_deps() {
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
   command -v pg_isready >/dev/null 2>&1 || missing+=(postgresql-client)
+  # Headless Chromium for `[render]` pages (tests/render.rs, `bench render`).
+  command -v chromium >/dev/null 2>&1 || [ -n "${CHROMIUM:-}" ] || missing+=(chromium)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
     apt_update

@@ -66,6 +66,7 @@ pub async fn run(opts: CheckOptions) -> anyhow::Result<()> {
                 truncated: false,
                 error: None,
                 error_kind: None,
+                rendered: false,
                 body: Bytes::from(text),
                 lastmod: None,
                 sitemaps: Vec::new(),

@@ -61,6 +61,8 @@ pub async fn run(args: DemoArgs, stop: CancellationToken) -> anyhow::Result<()> 
         spider,
         out: Some(args.out.clone()),
         concurrency: args.concurrency,
+        tabs: 1,
+        chromium: None,
     };
     let crawled = embedded::run(opts, stop).await;
     let _ = std::fs::remove_dir_all(&dir);

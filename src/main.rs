@@ -78,6 +78,8 @@ enum Command {
     Parser(services::ParserArgs),
     /// Store items in the database (run any number).
     Sink(services::SinkArgs),
+    /// Render `[render]` pages in headless Chromium (run any number, beside the fetchers).
+    Renderer(services::RendererArgs),
     /// Re-parse stored pages with the current rules (beside running parsers).
     Replay(replay::ReplayArgs),
     /// Publish seeds (URLs, or `-` for stdin; none = the spider's start_urls).
@@ -109,6 +111,12 @@ enum Command {
         /// Requests in flight at once.
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
+        /// `[render]` pages rendering at once (browser tabs).
+        #[arg(long, env = "JETCRAWL_TABS", default_value_t = 4)]
+        tabs: usize,
+        /// The browser for `[render]` pages (default: chromium, google-chrome, ... on PATH).
+        #[arg(long, env = "CHROMIUM")]
+        chromium: Option<PathBuf>,
     },
     /// Inspect dead letters (grouped reasons, in full), retry or purge them.
     Dead {
@@ -154,11 +162,15 @@ async fn run() -> anyhow::Result<()> {
             spider,
             out,
             concurrency,
+            tabs,
+            chromium,
         } => {
             let opts = embedded::CrawlOptions {
                 spider,
                 out,
                 concurrency,
+                tabs,
+                chromium,
             };
             embedded::run(opts, stop).await?;
         }
@@ -175,6 +187,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Fetcher(args) => services::fetcher(args, stop).await?,
         Command::Parser(args) => services::parser(args, stop).await?,
         Command::Sink(args) => services::sink(args, stop).await?,
+        Command::Renderer(args) => services::renderer(args, stop).await?,
         Command::Replay(args) => replay::run(args, stop).await?,
         Command::Export(args) => export::run(args, stop).await?,
         Command::Dead { command } => ops::dead::run(command, &stop).await?,

@@ -135,6 +135,60 @@ pub async fn sink(args: SinkArgs, stop: CancellationToken) -> anyhow::Result<()>
     run_stage(&args.common, stage, stop, deps, config, jetcrawl_sink::run).await
 }
 
+/// `jetcrawl renderer`'s flags.
+#[derive(Args)]
+pub struct RendererArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Pages rendering at once (browser tabs, each page in a fresh context).
+    #[arg(long, env = "JETCRAWL_TABS", default_value_t = 4)]
+    tabs: usize,
+    /// Requests held per owned render partition, waiting for a tab or their host.
+    #[arg(long, env = "JETCRAWL_WINDOW", default_value_t = 64)]
+    window: usize,
+    /// The browser: a path, or a name on PATH (default: chromium, google-chrome, ...).
+    #[arg(long, env = "CHROMIUM")]
+    chromium: Option<std::path::PathBuf>,
+    /// Source address for the renderer's HTTP connections.
+    #[arg(long, env = "JETCRAWL_LOCAL_ADDRESS")]
+    local_address: Option<std::net::IpAddr>,
+}
+
+/// Render `[render]` requests in headless Chromium until `stop`, then drain.
+pub async fn renderer(args: RendererArgs, stop: CancellationToken) -> anyhow::Result<()> {
+    let stage = Stage {
+        role: "renderer",
+        metrics_port: 9895,
+    };
+    // A spider without [render] or a machine without a browser: say so before connecting.
+    let spider = CompiledSpider::load(&args.common.spider)?;
+    anyhow::ensure!(
+        spider.spider.render.is_some(),
+        "{} has no [render] section: nothing for a renderer to do",
+        args.common.spider.display()
+    );
+    jetcrawl_renderer::browser::locate(args.chromium.as_deref())?;
+    let deps = async |_: &CompiledSpider, _: &CancellationToken| Ok(());
+    let config = |s: Started<()>| jetcrawl_renderer::RendererConfig {
+        spider: s.spider,
+        nats: s.nats,
+        metrics: s.metrics,
+        chromium: args.chromium.clone(),
+        tabs: args.tabs,
+        window: args.window,
+        local_address: args.local_address,
+    };
+    run_stage(
+        &args.common,
+        stage,
+        stop,
+        deps,
+        config,
+        jetcrawl_renderer::run,
+    )
+    .await
+}
+
 /// What tells the stages apart at startup, besides their config type and run function.
 struct Stage {
     /// Logged, and names the NATS connection `jetcrawl-<role>`.

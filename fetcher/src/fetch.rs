@@ -152,6 +152,42 @@ impl Fetcher {
         &self.politeness
     }
 
+    /// The HTTP client (its limits and private-address guard).
+    pub fn http(&self) -> &HttpClient {
+        &self.http
+    }
+
+    /// GET a resource a page asks for while a renderer runs its scripts: through its
+    /// host's politeness gate, like every request of this process, with `http` (this
+    /// fetcher's client, or a stricter one for hosts out of the crawl's scope).
+    /// robots.txt is the page's business, not its resources'.
+    pub async fn get_resource(
+        &self,
+        url: &Url,
+        depth: u32,
+        http: &HttpClient,
+    ) -> Result<crate::http::HttpResponse, FetchError> {
+        let key = self.keys.key(url).await;
+        let mut permit = loop {
+            match self.politeness.acquire(&key, None, depth).await {
+                Ok(permit) => break permit,
+                // The caller's deadline (the page's render timeout) bounds this wait.
+                Err(Backlog { retry_after }) => tokio::time::sleep(retry_after).await,
+            }
+        };
+        permit.start();
+        let started = tokio::time::Instant::now();
+        let result = http.get(url).await;
+        if let Ok(resp) = &result {
+            if matches!(resp.status, 429 | 503) {
+                let pause = resp.retry_after.unwrap_or(Duration::from_secs(1));
+                permit.back_off(pause);
+            }
+        }
+        permit.finish(started.elapsed());
+        result
+    }
+
     /// The politeness key of a request: carried by it (`per = "ip"`), or derived.
     pub async fn key_of(&self, req: &CrawlRequest, url: &Url) -> String {
         match &req.key {
@@ -349,6 +385,7 @@ impl Fetcher {
                     truncated,
                     error: None,
                     error_kind: None,
+                    rendered: false,
                     body,
                     lastmod: None,
                     sitemaps: Vec::new(),
@@ -454,6 +491,7 @@ impl Fetcher {
             truncated: false,
             error: Some(err.message),
             error_kind: Some(err.kind.to_string()),
+            rendered: false,
             body: Bytes::new(),
             lastmod: None,
             sitemaps: Vec::new(),

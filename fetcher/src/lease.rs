@@ -190,7 +190,9 @@ pub async fn own_partitions<R: PartitionRunner>(
         let mut fetchers: Vec<String> = live
             .instances
             .iter()
-            .filter(|i| i.stage == "fetcher")
+            // Fetchers divide the frontier among fetchers, renderers (in a bucket of
+            // their own) the render partitions among renderers.
+            .filter(|i| i.stage == me.stage)
             .map(|i| i.id.clone())
             .collect();
         if !fetchers.contains(&me.id) {

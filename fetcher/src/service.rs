@@ -2,13 +2,17 @@
 //! One pull loop per owned partition; requests wait for their host here (bounded by
 //! the partition's window), not in the frontier. Publish the page, await its
 //! JetStream ack, then ack the request.
+//!
+//! The loop is generic over its [`Source`] of pages: the fetcher's own HTTP, or a
+//! renderer's browser (crate `jetcrawl-renderer`), which owns its render partitions
+//! the same way (leases, fencing, hand-over, requeue, ack discipline).
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream::{self, kv, message::PublishMessage};
 use bytes::Bytes;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +30,47 @@ use jetcrawl_shared::CompiledSpider;
 use crate::error::FetchError;
 use crate::fetch::{FetchOutcome, Fetcher, FetcherOptions};
 use crate::lease::{self, Lease, PartitionRunner};
+use crate::politeness::Politeness;
+
+/// Where a partition's requests become pages: the fetcher, or a renderer.
+pub trait Source: Send + Sync + 'static {
+    /// One request to its outcome; nothing goes to the host unless `lease` holds.
+    fn fetch(
+        &self,
+        req: &CrawlRequest,
+        lease: &Lease,
+    ) -> impl std::future::Future<Output = FetchOutcome> + Send;
+    /// The per-host gatekeeper a hand-over waits on until the partition is quiet.
+    fn politeness(&self) -> &Politeness;
+}
+
+impl Source for Fetcher {
+    async fn fetch(&self, req: &CrawlRequest, lease: &Lease) -> FetchOutcome {
+        Fetcher::fetch(self, req, Some(lease)).await
+    }
+    fn politeness(&self) -> &Politeness {
+        Fetcher::politeness(self)
+    }
+}
+
+/// A partition-owning stage, set up: which source, which consumers.
+pub struct Service<S> {
+    /// Turns requests into pages.
+    pub source: S,
+    /// `Role::Fetcher` (partitions `frontier.<p>`, consumers `fetcher-<p>`) or
+    /// `Role::Renderer` (`frontier.render.<p>`, `renderer-<p>`).
+    pub role: Role,
+    /// The live bucket whose leases divide the partitions among this stage's processes.
+    pub store: kv::Store,
+    /// JetStream.
+    pub js: jetstream::Context,
+    /// The spider.
+    pub spider: Arc<CompiledSpider>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Requests held per owned partition.
+    pub window: usize,
+}
 
 /// Everything a fetcher process needs.
 pub struct FetcherConfig {
@@ -43,8 +88,9 @@ pub struct FetcherConfig {
     pub local_address: Option<IpAddr>,
 }
 
-struct Ctx {
-    fetcher: Fetcher,
+struct Ctx<S> {
+    source: S,
+    role: Role,
     js: jetstream::Context,
     spider: Arc<CompiledSpider>,
     names: Names,
@@ -86,54 +132,83 @@ pub async fn run(cfg: FetcherConfig, shutdown: CancellationToken) -> Result<(), 
         },
         cfg.metrics.clone(),
     )?;
-    let store = loop {
-        match presence::bucket(&js, &spider.spider).await {
-            Ok(store) => break store,
+    let Some(store) = open_bucket(|| presence::bucket(&js, &spider.spider), &shutdown).await else {
+        return Ok(());
+    };
+    let service = Service {
+        source: fetcher,
+        role: Role::Fetcher,
+        store,
+        js,
+        spider,
+        metrics: cfg.metrics,
+        window: cfg.window,
+    };
+    serve(service, shutdown).await;
+    Ok(())
+}
+
+/// Open a live bucket, trying again every second until it opens (`None`: shut down).
+pub async fn open_bucket<F, Fut>(mut open: F, shutdown: &CancellationToken) -> Option<kv::Store>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<kv::Store, jetcrawl_shared::Error>>,
+{
+    loop {
+        match open().await {
+            Ok(store) => return Some(store),
             Err(e) => {
                 tracing::warn!(error = %e, "live bucket not available, retrying");
                 tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = shutdown.cancelled() => return None,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
         }
-    };
+    }
+}
+
+/// Own partitions (leases in `svc.store`) and turn their requests into pages until
+/// `shutdown`; then hand everything back.
+pub async fn serve<S: Source>(svc: Service<S>, shutdown: CancellationToken) {
+    let partitions = svc.spider.spider.streams.partitions;
+    let stage = svc.role.consumer_name();
     let ctx = Arc::new(Ctx {
-        fetcher,
-        js: js.clone(),
-        names: Names::new(cfg.spider.name()),
-        spider: spider.clone(),
-        metrics: cfg.metrics.clone(),
-        window: cfg.window.max(1),
+        source: svc.source,
+        role: svc.role,
+        js: svc.js,
+        names: Names::new(svc.spider.name()),
+        spider: svc.spider,
+        metrics: svc.metrics.clone(),
+        window: svc.window.max(1),
     });
     let reporter = tokio::spawn(report(ctx.clone()));
-    cfg.metrics.set_ready(true);
-    let me = Instance::this_process("fetcher");
-    tracing::info!(id = %me.id, partitions = spider.spider.streams.partitions, "fetcher joining");
+    svc.metrics.set_ready(true);
+    let me = Instance::this_process(stage);
+    tracing::info!(id = %me.id, partitions, "{stage} joining");
     lease::own_partitions(
-        store,
+        svc.store,
         me,
-        spider.spider.streams.partitions,
+        partitions,
         Arc::new(Runner { ctx }),
-        cfg.metrics.clone(),
+        svc.metrics.clone(),
         shutdown,
     )
     .await;
-    cfg.metrics.set_ready(false);
+    svc.metrics.set_ready(false);
     reporter.abort();
-    Ok(())
 }
 
-struct Runner {
-    ctx: Arc<Ctx>,
+struct Runner<S> {
+    ctx: Arc<Ctx<S>>,
 }
 
-impl PartitionRunner for Runner {
+impl<S: Source> PartitionRunner for Runner<S> {
     async fn run(&self, lease: Arc<Lease>) {
         let ctx = self.ctx.clone();
         let p = lease.partition;
         let opts = ConsumeOptions {
-            role: Role::Fetcher,
+            role: ctx.role,
             max_in_flight: ctx.window,
             max_ack_pending: ctx.window as i64,
             // Only a process that keeps dying on a request leaves it unacked this often.
@@ -159,7 +234,7 @@ impl PartitionRunner for Runner {
         let give_up_at = Instant::now() + Duration::from_secs(60);
         loop {
             let quiet = ctx
-                .fetcher
+                .source
                 .politeness()
                 .quiet_at(|key| partition(key, partitions) == p);
             match quiet {
@@ -176,11 +251,11 @@ impl PartitionRunner for Runner {
 
 /// Every few seconds: requests waiting here, and the frontier's lag over all
 /// partitions (any fetcher sees the whole frontier).
-async fn report(ctx: Arc<Ctx>) {
-    let labels = consume::stage_label("fetcher");
+async fn report<S: Source>(ctx: Arc<Ctx<S>>) {
+    let labels = consume::stage_label(ctx.role.consumer_name());
     let partitions = ctx.spider.spider.streams.partitions;
     loop {
-        let (hosts, requests) = ctx.fetcher.politeness().queued();
+        let (hosts, requests) = ctx.source.politeness().queued();
         ctx.metrics.hosts_queued.set(hosts as i64);
         ctx.metrics.requests_queued.set(requests as i64);
         if let Ok(stream) = ctx.js.get_stream(ctx.names.frontier_stream()).await {
@@ -189,7 +264,10 @@ async fn report(ctx: Arc<Ctx>) {
             // the alerts and `jetcrawl pause`.
             let (mut floor, mut paused, mut seen) = (0u64, true, false);
             for p in 0..partitions {
-                let name = topology::partition_consumer_name(p);
+                let name = match ctx.role {
+                    Role::Renderer => jetcrawl_shared::render::render_consumer_name(p),
+                    _ => topology::partition_consumer_name(p),
+                };
                 if let Ok(info) = stream.consumer_info(&name).await {
                     pending += info.num_pending;
                     ack_pending += info.num_ack_pending as u64;
@@ -220,7 +298,11 @@ async fn report(ctx: Arc<Ctx>) {
     }
 }
 
-async fn handle(ctx: Arc<Ctx>, lease: Arc<Lease>, msg: jetstream::Message) -> Disposition {
+async fn handle<S: Source>(
+    ctx: Arc<Ctx<S>>,
+    lease: Arc<Lease>,
+    msg: jetstream::Message,
+) -> Disposition {
     let req: CrawlRequest = match serde_json::from_slice(&msg.payload) {
         Ok(r) => r,
         Err(e) => return Disposition::Dead(format!("not a crawl request: {e}")),
@@ -241,7 +323,7 @@ async fn handle(ctx: Arc<Ctx>, lease: Arc<Lease>, msg: jetstream::Message) -> Di
         let mut handed_back = 0u32;
         loop {
             ctx.metrics.in_flight.inc();
-            let outcome = ctx.fetcher.fetch(&req, Some(&lease)).await;
+            let outcome = ctx.source.fetch(&req, &lease).await;
             ctx.metrics.in_flight.dec();
             return match outcome {
                 FetchOutcome::Page(page) => {
@@ -334,7 +416,7 @@ async fn hold(lease: &Lease, wait: Duration) -> bool {
     }
 }
 
-async fn publish_page(ctx: &Ctx, page: &Page, id: String) -> Result<(), PublishError> {
+async fn publish_page<S>(ctx: &Ctx<S>, page: &Page, id: String) -> Result<(), PublishError> {
     let publish = PublishMessage::build()
         .headers(page.to_headers())
         .payload(page.body.clone())
@@ -352,8 +434,8 @@ async fn publish_page(ctx: &Ctx, page: &Page, id: String) -> Result<(), PublishE
 /// will not take it now (full, or NATS away), hand the original back with a delayed nak
 /// rather than hold a fetch slot: held slots would wait on a frontier that only they
 /// can drain.
-async fn requeue(
-    ctx: &Ctx,
+async fn requeue<S>(
+    ctx: &Ctx<S>,
     msg: &jetstream::Message,
     req: &CrawlRequest,
     suffix: String,

@@ -669,6 +669,7 @@ missing = "span.nope"
             truncated: false,
             error: None,
             error_kind: None,
+            rendered: false,
             body: Bytes::from(html.to_string()),
             lastmod: None,
             sitemaps: Vec::new(),

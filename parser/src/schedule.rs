@@ -14,6 +14,7 @@ use jetcrawl_shared::config::{Budget, PolitenessPer};
 use jetcrawl_shared::dupefilter::{tracked_depth, Ask, Dupefilter, Seen};
 use jetcrawl_shared::hostkey::HostKeys;
 use jetcrawl_shared::message::{item_msg_id, request_id, CrawlRequest, Item};
+use jetcrawl_shared::render::{render_subject, RenderMatch};
 use jetcrawl_shared::telemetry::Metrics;
 use jetcrawl_shared::topology::Names;
 
@@ -46,6 +47,9 @@ pub struct Planner {
     pub max_depth: u32,
     /// The spider's page budgets.
     pub budget: Budget,
+    /// URLs that go to renderers (`[render] match`): planned onto the render subject
+    /// of the same partition.
+    pub render: RenderMatch,
 }
 
 impl Planner {
@@ -57,6 +61,7 @@ impl Planner {
             keys: HostKeys::new(spider.politeness.per),
             max_depth: spider.max_depth,
             budget: spider.budget(),
+            render: RenderMatch::of_valid(spider),
         }
     }
 
@@ -98,9 +103,12 @@ impl Planner {
             let fp = url_fingerprint(url);
             planned.push(Planned {
                 fp,
-                subject: self
-                    .names
-                    .frontier_subject(partition(&key, self.partitions)),
+                subject: if self.render.matches(url.as_str()) {
+                    render_subject(self.names.crawl(), partition(&key, self.partitions))
+                } else {
+                    self.names
+                        .frontier_subject(partition(&key, self.partitions))
+                },
                 msg_id: request_id(fp, tracked_depth(depth, self.max_depth)),
                 request: CrawlRequest {
                     url: url.to_string(),
@@ -414,6 +422,14 @@ mod tests {
             keys: HostKeys::new(per),
             max_depth: 8,
             budget: Budget::default(),
+            render: RenderMatch::of_valid(
+                &jetcrawl_shared::CompiledSpider::from_toml(
+                    "name = \"c\"\n[render]\nmatch = ['/app/']\n",
+                    std::path::Path::new("t.toml"),
+                )
+                .unwrap()
+                .spider,
+            ),
         }
     }
 
@@ -437,6 +453,21 @@ mod tests {
         assert_eq!(planned[2].request.depth, 3);
         assert_eq!(planned[0].request.key, None);
         assert_ne!(planned[0].fp, planned[1].fp);
+    }
+
+    #[tokio::test]
+    async fn render_urls_go_to_the_render_subject_of_the_same_partition() {
+        let urls = vec![
+            Url::parse("http://a.test/app/1").unwrap(),
+            Url::parse("http://a.test/static/1").unwrap(),
+        ];
+        let planned = planner(PolitenessPer::Host).plan(&urls, 0).await;
+        let p = partition("a.test", 64);
+        assert_eq!(
+            planned[0].subject,
+            format!("jetcrawl.c.frontier.render.{p}")
+        );
+        assert_eq!(planned[1].subject, format!("jetcrawl.c.frontier.{p}"));
     }
 
     #[tokio::test]

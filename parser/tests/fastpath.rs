@@ -41,6 +41,7 @@ fn page(url: &str, depth: u32, html: String) -> Page {
         sitemaps: Vec::new(),
         etag: None,
         last_modified: None,
+        rendered: false,
         response: None,
     }
 }

@@ -76,6 +76,9 @@ pub struct Spider {
     /// Sink batching.
     #[serde(default)]
     pub sink: Sink,
+    /// Pages rendered in headless Chromium (`jetcrawl renderer`); none without it.
+    #[serde(default)]
+    pub render: Option<crate::render::Render>,
     /// Extraction rules, tried in order; every matching rule yields one item per page
     /// (or one per element matching its `each`).
     #[serde(default)]
@@ -637,6 +640,20 @@ impl CompiledSpider {
                         format!("{key:?} is not a field of item type {:?}", rule.item_type),
                     ));
                 }
+            }
+        }
+        if let Some(render) = &spider.render {
+            crate::render::RenderMatch::new(&spider)
+                .map_err(|e| invalid("match", format!("bad [render] regex: {e}")))?;
+            if render.timeout_ms == 0 {
+                return Err(invalid("timeout_ms", "expected at least 1".to_string()));
+            }
+            if render
+                .wait_for
+                .as_deref()
+                .is_some_and(scraper_like_selector_is_empty)
+            {
+                return Err(invalid("wait_for", "expected a CSS selector".to_string()));
             }
         }
         let query_filter = QueryFilter::new(&spider.strip_query_params)

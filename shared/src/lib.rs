@@ -17,6 +17,7 @@
 //! - `telemetry`: tracing, Prometheus metrics, health endpoints
 //! - `presence`: live instances and partition leases (a KV bucket per crawl)
 //! - `shutdown`: signals to a cancellation token
+//! - `render`: the `[render]` section, which URLs go to renderers, their subjects and consumers
 //! - `status`: stream depths and consumer lag for `jetcrawl status`
 //! - `error`: classified errors
 
@@ -30,6 +31,7 @@ pub mod hostkey;
 pub mod message;
 pub mod nats;
 pub mod presence;
+pub mod render;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;

@@ -40,6 +40,8 @@ pub mod header {
     pub const ERROR: &str = "Jetcrawl-Error";
     /// Low-cardinality class of the error.
     pub const ERROR_KIND: &str = "Jetcrawl-Error-Kind";
+    /// `true` on a page whose body is the DOM after its scripts ran (`jetcrawl renderer`).
+    pub const RENDERED: &str = "Jetcrawl-Rendered";
     /// Dead letters: the stage that gave up.
     pub const STAGE: &str = "Jetcrawl-Stage";
     /// Dead letters: the subject the message came from.
@@ -225,6 +227,9 @@ pub struct Page {
     pub error: Option<String>,
     /// Error class, for error records.
     pub error_kind: Option<String>,
+    /// Went through a browser (`[render]`): the body is the DOM after the scripts ran
+    /// (or the record says why it could not be rendered).
+    pub rendered: bool,
     /// Body as UTF-8 (textual types) or raw bytes; empty for error records.
     pub body: Bytes,
     /// The request's sitemap `<lastmod>`, if a sitemap listed it.
@@ -360,6 +365,9 @@ impl Page {
                 h.insert(header::RESPONSE, json.as_str());
             }
         }
+        if self.rendered {
+            h.insert(header::RENDERED, "true");
+        }
         h
     }
 
@@ -395,6 +403,7 @@ impl Page {
             truncated: get(header::TRUNCATED).as_deref() == Some("true"),
             error: get(header::ERROR),
             error_kind: get(header::ERROR_KIND),
+            rendered: get(header::RENDERED).as_deref() == Some("true"),
             body: payload,
             lastmod: get(header::LASTMOD),
             sitemaps: h
@@ -513,6 +522,7 @@ mod tests {
             truncated: true,
             error: None,
             error_kind: None,
+            rendered: true,
             body: Bytes::from_static(b"<html></html>"),
             lastmod: Some("2024-05-01".into()),
             sitemaps: vec![

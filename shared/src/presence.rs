@@ -102,7 +102,16 @@ fn hostname() -> String {
 /// Create the crawl's bucket, or open it; one made with another replica count is
 /// brought to the spider's (kept as it is, with a warning, if the server refuses).
 pub async fn bucket(js: &jetstream::Context, spider: &Spider) -> Result<kv::Store, Error> {
-    let name = bucket_name(&spider.name);
+    bucket_named(js, spider, bucket_name(&spider.name)).await
+}
+
+/// [`bucket`] under another name: the renderers' leases
+/// ([`crate::render::render_bucket_name`]) live apart from the fetchers'.
+pub async fn bucket_named(
+    js: &jetstream::Context,
+    spider: &Spider,
+    name: String,
+) -> Result<kv::Store, Error> {
     let replicas = spider.streams.replicas;
     let config = kv::Config {
         bucket: name.clone(),

@@ -203,6 +203,26 @@ pub async fn collect(js: &jetstream::Context, spider: &crate::Spider) -> Result<
     }
     fetcher.paused &= fetcher.exists;
     consumers.insert(1, fetcher);
+    if spider.render.is_some() {
+        // Render partitions (`renderer-<p>`), all together, once a renderer made them.
+        let mut renderer = ConsumerStatus::from_info(frontier.clone(), "renderer".into(), None);
+        renderer.paused = true;
+        for p in 0..spider.streams.partitions {
+            let name = crate::render::render_consumer_name(p);
+            if let Some(i) = consumer_info(js, &frontier, &name).await {
+                renderer.paused &= i.paused;
+                renderer.exists = true;
+                renderer.pending += i.num_pending;
+                renderer.ack_pending += i.num_ack_pending;
+                renderer.redelivered += i.num_redelivered;
+                renderer.waiting += i.num_waiting;
+                renderer.acked += i.ack_floor.consumer_sequence;
+            }
+        }
+        if renderer.exists {
+            consumers.insert(2, renderer);
+        }
+    }
     let now = chrono::Utc::now();
     let mut instances: Vec<InstanceStatus> = live
         .instances

@@ -114,6 +114,18 @@ pub struct Metrics {
     pub proxy_requests: Family<Labels, Counter>,
     /// Times a proxy was set aside (failing), by proxy index.
     pub proxies_set_aside: Family<Labels, Counter>,
+    /// Renderer: pages rendered in the browser (settled or not).
+    pub pages_rendered: Counter,
+    /// Renderer: time from navigation to a settled page.
+    pub render_seconds: Histogram,
+    /// Renderer: pages not settled within `[render] timeout_ms`.
+    pub render_timeouts: Counter,
+    /// Renderer: browsers restarted after a crash or a hang.
+    pub browser_restarts: Counter,
+    /// Renderer: tabs rendering a page now.
+    pub tabs_busy: Gauge,
+    /// Renderer: requests of the browser's own refused, by `reason`.
+    pub browser_requests_refused: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -146,6 +158,12 @@ impl Metrics {
             dead_letters: Family::default(),
             pulls_renewed: Family::default(),
             links_capped: Counter::default(),
+            pages_rendered: Counter::default(),
+            render_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            render_timeouts: Counter::default(),
+            browser_restarts: Counter::default(),
+            tabs_busy: Gauge::default(),
+            browser_requests_refused: Family::default(),
             oversized: Counter::default(),
             in_flight: Gauge::default(),
             consumer_pending: Family::default(),
@@ -358,6 +376,36 @@ impl Metrics {
             "proxies_set_aside",
             "Times a proxy was set aside as failing, by proxy index",
             m.proxies_set_aside.clone(),
+        );
+        r.register(
+            "pages_rendered",
+            "Pages rendered in headless Chromium",
+            m.pages_rendered.clone(),
+        );
+        r.register(
+            "render_seconds",
+            "Time from navigation to a settled page",
+            m.render_seconds.clone(),
+        );
+        r.register(
+            "render_timeouts",
+            "Pages not settled within [render] timeout_ms",
+            m.render_timeouts.clone(),
+        );
+        r.register(
+            "browser_restarts",
+            "Browsers restarted after a crash or a hang",
+            m.browser_restarts.clone(),
+        );
+        r.register(
+            "render_tabs_busy",
+            "Browser tabs rendering a page now",
+            m.tabs_busy.clone(),
+        );
+        r.register(
+            "browser_requests_refused",
+            "Requests of the browser's own refused (private address, method, scheme, ...)",
+            m.browser_requests_refused.clone(),
         );
         m.registry = Arc::new(r);
         m

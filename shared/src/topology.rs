@@ -31,6 +31,8 @@ pub enum Role {
     Parser,
     /// Sinks pull items.
     Sink,
+    /// Renderers pull render requests (`frontier.render.>`, one consumer per partition).
+    Renderer,
 }
 
 impl Role {
@@ -41,6 +43,7 @@ impl Role {
             Role::Seeds => "seeds",
             Role::Parser => "parser",
             Role::Sink => "sink",
+            Role::Renderer => "renderer",
         }
     }
 }
@@ -111,7 +114,7 @@ impl Names {
     /// The stream a role's consumer lives on.
     pub fn stream_of(&self, role: Role) -> String {
         match role {
-            Role::Fetcher | Role::Seeds => self.frontier_stream(),
+            Role::Fetcher | Role::Seeds | Role::Renderer => self.frontier_stream(),
             Role::Parser => self.pages_stream(),
             Role::Sink => self.items_stream(),
         }
@@ -348,6 +351,7 @@ pub async fn ensure_consumer(
         Role::Seeds => names.seeds_subject(),
         Role::Parser => names.pages_subject(),
         Role::Sink => names.items_subject(),
+        Role::Renderer => format!("jetcrawl.{}.frontier.render.>", spider.name),
     };
     let config = pull::Config {
         durable_name: Some(role.consumer_name().to_string()),
@@ -475,7 +479,7 @@ pub async fn ensure_replay_consumer(
 }
 
 /// Create or update a pull consumer on `stream`.
-async fn create_consumer(
+pub(crate) async fn create_consumer(
     js: &jetstream::Context,
     stream: &str,
     mut config: pull::Config,

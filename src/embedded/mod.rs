@@ -64,6 +64,7 @@ use jetcrawl_parser::schedule::Planner;
 use jetcrawl_parser::Rules;
 use jetcrawl_shared::dupefilter::{Dupefilter, MemoryDupefilter, Seen};
 use jetcrawl_shared::message::{CrawlRequest, Item, Page};
+use jetcrawl_shared::render::RenderMatch;
 use jetcrawl_shared::telemetry::Metrics;
 use jetcrawl_shared::CompiledSpider;
 
@@ -79,6 +80,10 @@ pub struct CrawlOptions {
     pub out: Option<String>,
     /// Requests in flight at once (all hosts together).
     pub concurrency: usize,
+    /// `[render]` pages rendering at once (browser tabs); no browser without `[render]`.
+    pub tabs: usize,
+    /// The browser for `[render]` pages (`None`: the usual names on PATH).
+    pub chromium: Option<PathBuf>,
 }
 
 /// Run a crawl to its end (or until `stop`), print the summary, and return.
@@ -96,6 +101,26 @@ pub async fn run(opts: CrawlOptions, stop: CancellationToken) -> anyhow::Result<
     );
     let fetcher =
         Fetcher::new(spider.clone(), options, metrics.clone()).context("setting up the fetcher")?;
+    // [render] pages go through a browser in this process; it shares the fetcher's
+    // politeness gate, so a host's budget holds for both.
+    let renderer = match &spider.spider.render {
+        Some(_) => {
+            let chromium = jetcrawl_renderer::browser::locate(opts.chromium.as_deref())?;
+            let renderer = jetcrawl_renderer::Renderer::new(
+                fetcher.clone(),
+                &spider,
+                jetcrawl_renderer::RendererOptions {
+                    chromium,
+                    tabs: opts.tabs.max(1),
+                },
+                metrics.clone(),
+            )?;
+            renderer.start().await.context("starting the browser")?;
+            Some(renderer)
+        }
+        None => None,
+    };
+    let render_match = RenderMatch::of_valid(&spider.spider);
     let stats = Arc::new(Stats::default());
     let planner = Planner::new(&spider.spider);
     let dedup = planner.dedup(
@@ -164,6 +189,8 @@ pub async fn run(opts: CrawlOptions, stop: CancellationToken) -> anyhow::Result<
     }));
     let fetch = FetchStage {
         fetcher,
+        renderer,
+        render_match,
         pages: pages_tx,
         events: events_tx,
         permits: Arc::new(Semaphore::new(concurrency)),
@@ -186,6 +213,9 @@ pub async fn run(opts: CrawlOptions, stop: CancellationToken) -> anyhow::Result<
 #[derive(Clone)]
 pub(crate) struct FetchStage {
     fetcher: Fetcher,
+    /// Present when the spider has `[render]`: its matching requests go here.
+    renderer: Option<jetcrawl_renderer::Renderer>,
+    render_match: RenderMatch,
     pages: mpsc::Sender<Box<Page>>,
     events: mpsc::Sender<Event>,
     /// Fetches in flight; a permit is held until the page is handed to the parser.
@@ -198,8 +228,18 @@ impl FetchStage {
     /// Fetch one request and settle it: a page to the parser, a retry or a drop to the
     /// scheduler. Shutdown cancels the fetch (the request dies with the in-memory frontier).
     async fn fetch(self, req: CrawlRequest, permit: OwnedSemaphorePermit) {
+        let render = self
+            .renderer
+            .as_ref()
+            .filter(|_| self.render_match.matches(&req.url));
+        let fetched = async {
+            match render {
+                Some(renderer) => renderer.render(&req, None).await,
+                None => self.fetcher.fetch(&req, None).await,
+            }
+        };
         let outcome = tokio::select! {
-            out = self.fetcher.fetch(&req, None) => out,
+            out = fetched => out,
             _ = self.stop.cancelled() => {
                 let _ = self.events.send(Event::Dropped).await;
                 return;

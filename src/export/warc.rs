@@ -345,6 +345,7 @@ mod tests {
             sitemaps: Vec::new(),
             etag: None,
             last_modified: None,
+            rendered: false,
             response: Some(ResponseHead {
                 version: "HTTP/1.1".into(),
                 headers: vec![

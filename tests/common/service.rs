@@ -16,6 +16,8 @@ pub enum Role {
     Fetcher,
     Parser,
     Sink,
+    /// `jetcrawl renderer` (tests/render.rs).
+    Renderer,
 }
 
 impl Role {
@@ -24,6 +26,7 @@ impl Role {
             Role::Fetcher => "fetcher",
             Role::Parser => "parser",
             Role::Sink => "sink",
+            Role::Renderer => "renderer",
         }
     }
 }

@@ -155,6 +155,7 @@ async fn run<D: Dispatch>(
     let consumer_name = match &opts.replay {
         Some((name, _)) => name.clone(),
         None => match opts.partition {
+            Some(p) if opts.role == Role::Renderer => crate::render::render_consumer_name(p),
             Some(p) => topology::partition_consumer_name(p),
             None => stage.to_string(),
         },
@@ -180,6 +181,9 @@ async fn run<D: Dispatch>(
             (Some((name, start)), _) => {
                 topology::ensure_replay_consumer(&js, &spider, name, start, opts.max_ack_pending)
                     .await
+            }
+            (None, Some(p)) if opts.role == Role::Renderer => {
+                crate::render::ensure_render_consumer(&js, &spider, p, opts.max_ack_pending).await
             }
             (None, Some(p)) => {
                 topology::ensure_partition_consumer(&js, &spider, p, opts.max_ack_pending).await

@@ -130,6 +130,7 @@ async fn prefill_pages(stack: &Stack, n: usize) -> Result<()> {
                     sitemaps: Vec::new(),
                     etag: None,
                     last_modified: None,
+                    rendered: false,
                 };
                 let publish = async_nats::jetstream::message::PublishMessage::build()
                     .payload(page.body.clone())

@@ -10,6 +10,7 @@ mod embedded;
 mod export;
 mod hosts;
 mod parse;
+mod render;
 mod sink;
 mod versus;
 
@@ -89,6 +90,18 @@ enum Scenario {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// `[render]` pages: `jetcrawl crawl` rendering a script-built shop in headless
+    /// Chromium (needs chromium; not part of `all`).
+    Render {
+        /// Product pages (each built by a script from a JSON API).
+        #[arg(long, default_value_t = 200)]
+        pages: usize,
+        /// Browser tabs.
+        #[arg(long, default_value_t = 4)]
+        tabs: usize,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Every scenario with its defaults (memory with 200,000 pages, one run).
     All {
         #[arg(long, default_value_t = 3)]
@@ -155,6 +168,7 @@ async fn main() -> Result<()> {
         Scenario::Export { pages, items, runs } => {
             export::export(&bins, pages, items, runs).await?
         }
+        Scenario::Render { pages, tabs, runs } => render::render(&bins, pages, tabs, runs).await?,
         Scenario::All { runs } => {
             distributed(&bins, &CrawlArgs::with(20_000, runs)).await?;
             embedded(&bins, &CrawlArgs::with(20_000, runs)).await?;

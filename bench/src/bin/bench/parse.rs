@@ -64,6 +64,7 @@ pub(crate) fn parse(pages: usize, rounds: usize) -> Result<()> {
             sitemaps: Vec::new(),
             etag: None,
             last_modified: None,
+            rendered: false,
             response: None,
         });
     }
