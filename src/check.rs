@@ -5,12 +5,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use bytes::Bytes;
 use url::Url;
 
 use jetcrawl_fetcher::{FetchOutcome, Fetcher, FetcherOptions};
 use jetcrawl_parser::Rules;
-use jetcrawl_shared::canon::{self, url_fingerprint};
+use jetcrawl_shared::canon;
 use jetcrawl_shared::message::{CrawlRequest, Page};
 use jetcrawl_shared::telemetry::Metrics;
 use jetcrawl_shared::CompiledSpider;
@@ -53,26 +52,8 @@ pub async fn run(opts: CheckOptions) -> anyhow::Result<()> {
             let body = std::fs::read(file).with_context(|| format!("reading --html {file}"))?;
             let (text, charset) = jetcrawl_fetcher::charset::decode_body_for_url(&body, None, &url);
             Page {
-                fingerprint: url_fingerprint(&url),
-                url: url.clone(),
-                final_url: url.clone(),
-                status: Some(200),
-                content_type: Some("text/html".to_string()),
-                depth: 0,
-                fetched_at: chrono::Utc::now(),
-                fetch_ms: 0,
-                tries: 1,
                 charset: Some(charset.to_string()),
-                truncated: false,
-                error: None,
-                error_kind: None,
-                rendered: false,
-                body: Bytes::from(text),
-                lastmod: None,
-                sitemaps: Vec::new(),
-                etag: None,
-                last_modified: None,
-                response: None,
+                ..Page::html(url.clone(), 0, text)
             }
         }
         fetch_from => {

@@ -626,8 +626,6 @@ fn collapse_ws<'a>(parts: impl Iterator<Item = &'a str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use chrono::Utc;
     use std::path::Path;
 
     const SPIDER: &str = r#"
@@ -654,29 +652,7 @@ missing = "span.nope"
     }
 
     fn page(url: &str, depth: u32, html: &str) -> Page {
-        let url = Url::parse(url).unwrap();
-        Page {
-            final_url: url.clone(),
-            fingerprint: canon::url_fingerprint(&url),
-            url,
-            status: Some(200),
-            content_type: Some("text/html".into()),
-            depth,
-            fetched_at: Utc::now(),
-            fetch_ms: 1,
-            tries: 1,
-            charset: None,
-            truncated: false,
-            error: None,
-            error_kind: None,
-            rendered: false,
-            body: Bytes::from(html.to_string()),
-            lastmod: None,
-            sitemaps: Vec::new(),
-            etag: None,
-            last_modified: None,
-            response: None,
-        }
+        Page::html(Url::parse(url).unwrap(), depth, html.to_string())
     }
 
     fn rules_of(toml: &str) -> Rules {

@@ -10,8 +10,6 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use bytes::Bytes;
-use chrono::Utc;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use url::Url;
@@ -21,29 +19,7 @@ use jetcrawl_shared::message::Page;
 use jetcrawl_shared::CompiledSpider;
 
 fn page(url: &str, depth: u32, html: String) -> Page {
-    let url = Url::parse(url).expect("test URL");
-    Page {
-        final_url: url.clone(),
-        fingerprint: jetcrawl_shared::canon::url_fingerprint(&url),
-        url,
-        status: Some(200),
-        content_type: Some("text/html".into()),
-        depth,
-        fetched_at: Utc::now(),
-        fetch_ms: 1,
-        tries: 1,
-        charset: None,
-        truncated: false,
-        error: None,
-        error_kind: None,
-        body: Bytes::from(html),
-        lastmod: None,
-        sitemaps: Vec::new(),
-        etag: None,
-        last_modified: None,
-        rendered: false,
-        response: None,
-    }
+    Page::html(Url::parse(url).expect("test URL"), depth, html)
 }
 
 fn rules(toml: &str) -> Rules {

@@ -303,6 +303,33 @@ impl ResponseHead {
 }
 
 impl Page {
+    /// A `200 text/html` page fetched now from `url` at `depth`, nothing else set: what
+    /// `jetcrawl check`, tests and benchmarks hand the parser.
+    pub fn html(url: Url, depth: u32, body: impl Into<Bytes>) -> Page {
+        Page {
+            final_url: url.clone(),
+            fingerprint: crate::canon::url_fingerprint(&url),
+            url,
+            status: Some(200),
+            content_type: Some("text/html; charset=utf-8".into()),
+            depth,
+            fetched_at: Utc::now(),
+            fetch_ms: 0,
+            tries: 1,
+            charset: None,
+            truncated: false,
+            error: None,
+            error_kind: None,
+            rendered: false,
+            body: body.into(),
+            lastmod: None,
+            sitemaps: Vec::new(),
+            etag: None,
+            last_modified: None,
+            response: None,
+        }
+    }
+
     /// Whether items and links should be extracted: a 2xx HTML(ish) response.
     pub fn is_parseable_html(&self) -> bool {
         let ok = matches!(self.status, Some(200..=299));

@@ -4,8 +4,6 @@
 //! this thread's CPU clock. Both must give the same items and links.
 
 use anyhow::{bail, Result};
-use bytes::Bytes;
-use chrono::Utc;
 use url::Url;
 
 use jetcrawl_bench::demo_site::DemoSite;
@@ -45,28 +43,7 @@ pub(crate) fn parse(pages: usize, rounds: usize) -> Result<()> {
         };
         let (_, body) = site.body(&path, host);
         let url = Url::parse(&format!("http://{host}{path}"))?;
-        docs.push(Page {
-            final_url: url.clone(),
-            fingerprint: jetcrawl_shared::canon::url_fingerprint(&url),
-            url,
-            status: Some(200),
-            content_type: Some("text/html; charset=utf-8".into()),
-            depth: 1,
-            fetched_at: Utc::now(),
-            fetch_ms: 1,
-            tries: 1,
-            charset: None,
-            truncated: false,
-            error: None,
-            error_kind: None,
-            body: Bytes::from(body),
-            lastmod: None,
-            sitemaps: Vec::new(),
-            etag: None,
-            last_modified: None,
-            rendered: false,
-            response: None,
-        });
+        docs.push(Page::html(url, 1, body));
     }
     for p in &docs {
         let (fast, dom) = (rules.parse(p), rules.parse_without_fast_path(p));
