@@ -166,12 +166,18 @@ fn print_round(r: &Round) {
         .iter()
         .map(|k| format!("{:.0}", d.peak_mb.get(k).copied().unwrap_or_default()))
         .collect();
+    let per_stage: Vec<String> = STAGES
+        .iter()
+        .map(|k| format!("{k} {:.3}", d.cpu_per_1000(k)))
+        .collect();
     println!(
-        "  distributed {:>6.0} pages/s  CPU {:.3} ms/page (stages), nats-server {:.3}  \
-         peak RSS {} MB  ({:.2}x spider)",
+        "  distributed {:>6.0} pages/s  CPU {:.3} ms/page (stages: {}), nats-server {:.3}, \
+         redis {:.3}  peak RSS {} MB  ({:.2}x spider)",
         d.pages_per_sec(),
         stages_cpu_per_1000(d),
+        per_stage.join(", "),
         d.cpu_per_1000("nats"),
+        d.cpu_per_1000("redis"),
         rss.join(" / "),
         d.pages_per_sec() / r.peer.pages_per_sec()
     );
