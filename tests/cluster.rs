@@ -3,7 +3,7 @@
 //! with services connected to it — loses no item, stores none twice, and stops no
 //! service. Each test has its own cluster, database, site and crawl name.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! progress however long it is held (a single message or a batch), and hands back
 //! what it holds when it stops, so nothing waits out `ack_wait` after a clean stop.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

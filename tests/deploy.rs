@@ -3,7 +3,7 @@
 //! (`jetcrawl healthcheck`) probes a real stage; the spiders and autoscalers agree on
 //! names. (`scripts/check-deploy.sh` runs the file validators.)
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

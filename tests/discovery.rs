@@ -3,12 +3,9 @@
 //! PostgreSQL, several stage processes) and the embedded mode (`jetcrawl crawl`), and
 //! recrawls (`discovery/recrawl.rs`, distributed), against [`site::DiscoverySite`].
 
-mod common;
-#[path = "discovery/recrawl.rs"]
+use crate::common;
 mod recrawl;
-#[path = "discovery/site.rs"]
 mod site;
-#[path = "discovery/sitemaps.rs"]
 mod sitemaps;
 
 use std::path::{Path, PathBuf};

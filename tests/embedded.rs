@@ -2,8 +2,7 @@
 //! local sites — the test catalogue (the same spider and items as the distributed
 //! tests) and local copies of the example spiders' real sites.
 
-mod common;
-#[path = "embedded/sites.rs"]
+use crate::common;
 mod sites;
 
 use std::collections::BTreeMap;

@@ -7,8 +7,7 @@
 //!
 //! Layout: `site` (the archive site) · this file (the tests, running the readers).
 
-mod common;
-#[path = "export/site.rs"]
+use crate::common;
 mod site;
 
 use std::collections::BTreeMap;

@@ -4,7 +4,7 @@
 //! every page once (per depth it was scheduled at) in PAGES, and — where the crash
 //! came after the fetch had been published — no page fetched twice.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! `jetcrawl pause|resume` (nothing lost, nothing processed while paused, a pause that
 //! survives a stage restart) and `jetcrawl dead list|show|retry|purge`.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

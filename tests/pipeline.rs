@@ -2,7 +2,7 @@
 //! and PostgreSQL, crawling a local site. Each test has its own servers, database,
 //! site and crawl name.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -10,18 +10,10 @@
 //! SIGKILL, join, SIGSTOP) · `depth` (5: the same items whatever the timing) ·
 //! `robots` (6: robots.txt 503 then 200) · `frontier` (7: FRONTIER writes per URL).
 
-mod common;
-#[path = "politeness/depth.rs"]
 mod depth;
-#[path = "politeness/frontier.rs"]
 mod frontier;
-#[path = "politeness/gaps.rs"]
 mod gaps;
-#[path = "politeness/measure.rs"]
 mod measure;
-#[path = "politeness/ownership.rs"]
 mod ownership;
-#[path = "politeness/robots.rs"]
 mod robots;
-#[path = "politeness/support.rs"]
 mod support;

@@ -6,7 +6,7 @@
 //! and no log holds a proxy's password. A private target is refused before any proxy
 //! sees it.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};

@@ -4,8 +4,7 @@
 //! mid-crawl. Needs
 //! Chromium (`scripts/deps.sh` installs it; `CHROMIUM` names another).
 
-mod common;
-#[path = "render/site.rs"]
+use crate::common;
 mod site;
 
 use std::process::Stdio;

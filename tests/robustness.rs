@@ -2,7 +2,7 @@
 //! pages must never crash a service, lose an item, or store one twice. Each test has
 //! its own servers, database, site and crawl name, like `tests/pipeline.rs`.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

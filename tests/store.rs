@@ -3,7 +3,7 @@
 //! `store_test_suite!` (quickwit's `metastore_test_suite!` pattern). Every test
 //! asserts on what a user reading `jetcrawl_items` would see.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -142,11 +142,25 @@ pub async fn bucket_named(
     if has.as_ref().is_ok_and(|&n| n == replicas) {
         return Ok(store);
     }
-    match js.update_key_value(config).await {
-        Ok(updated) => Ok(updated),
-        Err(e) => {
-            tracing::warn!(bucket = %name, replicas, error = %e, "live bucket kept at its replica count");
-            Ok(store)
+    // A cluster busy scaling the crawl's streams may not answer at once (seen under
+    // load: the update timed out and the bucket stayed R1): retry what is transient.
+    let give_up_at = tokio::time::Instant::now() + crate::topology::SETUP_PATIENCE;
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match js.update_key_value(config.clone()).await {
+            Ok(updated) => return Ok(updated),
+            Err(e)
+                if crate::topology::update_transient(&e, replicas)
+                    && tokio::time::Instant::now() < give_up_at =>
+            {
+                tracing::warn!(bucket = %name, error = %e, retry_in_ms = delay.as_millis() as u64, "live bucket not updated yet, retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                tracing::warn!(bucket = %name, replicas, error = %e, "live bucket kept at its replica count");
+                return Ok(store);
+            }
         }
     }
 }

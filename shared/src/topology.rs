@@ -250,7 +250,7 @@ mod recrawl;
 
 /// How long stream setup keeps retrying what a cluster answers while it elects a
 /// leader or waits for a restarting node.
-const SETUP_PATIENCE: Duration = Duration::from_secs(60);
+pub(crate) const SETUP_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Create a stream, or update it in place if it exists with another configuration
 /// (new limits, or another replica count: the server scales a stream up or down by an
@@ -290,6 +290,19 @@ async fn apply_stream(js: &jetstream::Context, config: stream::Config) -> Result
             message: format!("{name}: {create_err}; update: {update_err}"),
         });
     }
+}
+
+/// [`setup_transient`] for a key-value bucket's update, whose error wraps the stream
+/// update's.
+pub(crate) fn update_transient(
+    e: &async_nats::jetstream::context::UpdateKeyValueError,
+    replicas: usize,
+) -> bool {
+    use async_nats::jetstream::context::{CreateStreamError, UpdateKeyValueErrorKind};
+    e.kind() == UpdateKeyValueErrorKind::JetStream
+        && std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<CreateStreamError>())
+            .is_some_and(|s| setup_transient(&s.kind(), replicas))
 }
 
 fn js_code(kind: &CreateStreamErrorKind) -> Option<(usize, ErrorCode)> {

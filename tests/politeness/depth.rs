@@ -16,7 +16,9 @@ use sqlx::{ConnectOptions, Connection};
 
 use crate::common::hosts::{loopback_ips, HostSpec, HostsSite, Link, PageSpec};
 use crate::common::{ExpectedItem, StoredItem};
-use crate::support::{harness_for, seed, spawn_fetcher, start_pipeline, stop, Bind, Knobs, CRAWL};
+use crate::politeness::support::{
+    harness_for, seed, spawn_fetcher, start_pipeline, stop, Bind, Knobs, CRAWL,
+};
 
 const MAX_DEPTH: u32 = 6;
 const KNOBS: Knobs = Knobs {
@@ -269,7 +271,7 @@ async fn embedded_run() -> Option<String> {
     let dir = tempfile::tempdir().expect("temp dir");
     let spider = dir.path().join("spider.toml");
     let db = dir.path().join("items.db");
-    let toml = crate::support::spider_toml("depth_embedded", &site, &seeds(), &KNOBS);
+    let toml = crate::politeness::support::spider_toml("depth_embedded", &site, &seeds(), &KNOBS);
     std::fs::write(&spider, toml).expect("write spider");
     let bin = std::env::var("JETCRAWL_BIN")
         .unwrap_or_else(|_| env!("CARGO_BIN_EXE_jetcrawl").to_string());

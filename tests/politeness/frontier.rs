@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::common::hosts::{loopback_ips, HostSpec, HostsSite};
 use crate::common::jetstream;
-use crate::support::{
+use crate::politeness::support::{
     assert_none, fetch_counts, harness_for, scheduled_depths, seed, start_pipeline, stop, Bind,
     Knobs, CRAWL,
 };

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::hosts::{loopback_ips, HostSpec, HostsSite, Link, PageSpec, Robots};
-use crate::support::{
+use crate::politeness::support::{
     assert_none, fetch_counts, harness_for, politeness, scheduled_depths, seed, start_pipeline,
     stop, Bind, Knobs, Promise, CRAWL,
 };

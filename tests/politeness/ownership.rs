@@ -17,7 +17,7 @@ use jetcrawl_shared::canon::partition;
 
 use crate::common::hosts::{loopback_ips, Hit, HostSpec, HostsSite};
 use crate::common::Harness;
-use crate::support::{
+use crate::politeness::support::{
     assert_none, fetch_counts, fetcher_address, harness_for, politeness,
     require_local_address_flag, scheduled_depths, seed, spawn_fetcher, start_pipeline, stop, Bind,
     Knobs, Promise, CRAWL, RESUME,

@@ -5,7 +5,7 @@
 
 use crate::common::hosts::{loopback_ips, HostSpec, HostsSite, Link, PageSpec, Robots};
 use crate::common::jetstream;
-use crate::support::{
+use crate::politeness::support::{
     assert_none, fetch_counts, harness_for, politeness, scheduled_depths, seed, start_pipeline,
     stop, Bind, Knobs, Promise, CRAWL,
 };

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::common::hosts::{HostsSite, Link};
 use crate::common::{jetstream, Harness, HarnessOptions, Role, Service};
-use crate::measure::{by_sender, max_in_flight, start_gaps};
+use crate::politeness::measure::{by_sender, max_in_flight, start_gaps};
 
 /// Services up and their streams, consumers and table created.
 pub const STARTUP: Duration = Duration::from_secs(60);
