@@ -53,6 +53,76 @@ async fn depth_rule_on_redis_and_in_memory() {
     suite(Dupefilter::Memory(MemoryDupefilter::default()), "memory").await;
 }
 
+/// SMISMEMBER commands Redis has run so far.
+async fn smismember_calls(redis: &RedisServer) -> u64 {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_smismember:calls="))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+/// A parser asks Redis about a link once: what it added, or was told is there, it
+/// does not ask about again (most of a page's links are the same navigation), while a
+/// second parser still learns from Redis what the first added, and a shallower depth
+/// than the one known is still asked about.
+#[tokio::test]
+async fn a_parser_asks_redis_about_a_known_link_once() {
+    let redis = RedisServer::start().await;
+    let a = Dupefilter::Redis(
+        RedisDupefilter::connect(&redis.url(), "known")
+            .await
+            .unwrap(),
+    );
+    let b = Dupefilter::Redis(
+        RedisDupefilter::connect(&redis.url(), "known")
+            .await
+            .unwrap(),
+    );
+    let at = |depth: u32| -> Vec<(u64, u32)> {
+        (0..200u64)
+            .map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15), depth))
+            .collect()
+    };
+    a.add(&at(2)).await.unwrap();
+    let calls = smismember_calls(&redis).await;
+    assert_eq!(
+        b.check(&at(2)).await.unwrap(),
+        vec![true; 200],
+        "b learns from Redis"
+    );
+    assert_eq!(
+        smismember_calls(&redis).await - calls,
+        200,
+        "b asked about each once"
+    );
+    let calls = smismember_calls(&redis).await;
+    assert_eq!(b.check(&at(2)).await.unwrap(), vec![true; 200]);
+    assert_eq!(b.check(&at(5)).await.unwrap(), vec![true; 200]);
+    assert_eq!(a.check(&at(2)).await.unwrap(), vec![true; 200]);
+    assert_eq!(
+        smismember_calls(&redis).await,
+        calls,
+        "known links (at their depth or deeper) are not asked about again"
+    );
+    assert_eq!(
+        a.check(&at(1)).await.unwrap(),
+        vec![false; 200],
+        "a shallower depth is news"
+    );
+    assert_eq!(
+        smismember_calls(&redis).await - calls,
+        200,
+        "and was asked about"
+    );
+}
+
 /// The same rule on a Redis Cluster, reached through every node listed or through any
 /// one node (found to be a cluster node by `INFO cluster`).
 #[tokio::test]
@@ -119,17 +189,27 @@ async fn buckets_spread_over_every_master() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_down_fails_requests_until_it_is_back() {
     let mut cluster = RedisCluster::start().await;
-    let df = Dupefilter::Redis(
-        RedisDupefilter::connect(&cluster.url(), "down")
-            .await
-            .unwrap(),
-    );
+    let connect = || async {
+        Dupefilter::Redis(
+            RedisDupefilter::connect(&cluster.url(), "down")
+                .await
+                .unwrap(),
+        )
+    };
+    // One parser adds; another, which knows nothing yet, asks.
+    let writer = connect().await;
+    let df = connect().await;
     let fps: Vec<(u64, u32)> = (0..300u64)
         .map(|i| (i.wrapping_mul(0x9e37_79b9_7f4a_7c15), 0))
         .collect();
-    df.add(&fps).await.unwrap();
+    writer.add(&fps).await.unwrap();
 
     cluster.kill(1);
+    assert_eq!(
+        writer.check(&fps).await.unwrap(),
+        vec![true; fps.len()],
+        "what a parser added itself it knows without asking"
+    );
     let started = Instant::now();
     let down = df.check(&fps).await;
     assert!(down.is_err(), "a check answered with a master down");

@@ -112,6 +112,8 @@ impl Dupefilter {
 #[derive(Clone)]
 pub struct RedisDupefilter {
     conn: Conn,
+    /// What this process already knows Redis holds (see [`KnownSeen`]).
+    known: Arc<Mutex<KnownSeen>>,
     prefix: String,
     /// The crawl name (budget keys are named by it).
     crawl: String,
@@ -157,6 +159,7 @@ impl RedisDupefilter {
         };
         Ok(RedisDupefilter {
             conn,
+            known: Arc::default(),
             prefix: format!("jetcrawl:{crawl}:df:"),
             crawl: crawl.to_string(),
         })
@@ -199,11 +202,22 @@ impl RedisDupefilter {
     }
 
     async fn check(&self, fps: &[Seen]) -> Result<Vec<bool>, Error> {
-        if fps.is_empty() {
-            return Ok(Vec::new());
+        let mut seen = vec![false; fps.len()];
+        // Only what this process does not already know to be in Redis is asked: most
+        // links on a page (navigation, footer) were seen thousands of pages ago.
+        let ask: Vec<usize> = {
+            let known = self.known();
+            (0..fps.len()).filter(|&i| !known.holds(fps[i])).collect()
+        };
+        for i in (0..fps.len()).filter(|i| ask.binary_search(i).is_err()) {
+            seen[i] = true;
+        }
+        if ask.is_empty() {
+            return Ok(seen);
         }
         let mut batch = Batch::new(&self.conn);
-        for &(fp, depth) in fps {
+        for &i in &ask {
+            let (fp, depth) = fps[i];
             let key = self.key(fp);
             let mut cmd = redis::cmd("SMISMEMBER");
             cmd.arg(&key);
@@ -213,7 +227,18 @@ impl RedisDupefilter {
             batch.add(&key, cmd, true);
         }
         let found = batch.query().await?;
-        Ok(found.iter().map(|at| at.iter().any(|&x| x)).collect())
+        let mut known = self.known();
+        for (&i, at) in ask.iter().zip(&found) {
+            if at.iter().any(|&x| x) {
+                seen[i] = true;
+                known.note(fps[i]);
+            }
+        }
+        Ok(seen)
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, KnownSeen> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn add_counting_deeper(
@@ -249,6 +274,10 @@ impl RedisDupefilter {
             batch.add(&key, cmd, false);
         }
         let found = batch.query().await?;
+        let mut known = self.known();
+        for &seen in fps {
+            known.note(seen);
+        }
         Ok(found.iter().filter(|at| at.iter().any(|&x| x)).count() as u64)
     }
 
@@ -342,10 +371,75 @@ fn member(fp: u64, depth: u32) -> i64 {
     (((fp & MEMBER_MASK) << DEPTH_BITS) | u64::from(depth.min(MAX_TRACKED_DEPTH))) as i64
 }
 
+/// Fingerprints keyed by themselves: they are xxh3 hashes already, so hashing them
+/// again (std's SipHash) only costs time.
+pub type FpMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<FpHasher>>;
+
+/// The identity hasher of [`FpMap`].
+#[derive(Default, Clone, Copy)]
+pub struct FpHasher(u64);
+
+impl std::hash::Hasher for FpHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed (write_u64); anything else is folded in.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// What a parser knows the Redis dupefilter holds: fingerprints it added itself or was
+/// told are there, each at the shallowest depth known. Redis only ever gains members,
+/// so "held at depth d" stays true and such a URL is not asked about again: most of a
+/// page's links are navigation seen on every page, and asking about them cost Redis
+/// and the parser a command each. Two generations of [`KnownSeen::GENERATION`]
+/// entries bound the memory (~3 MB): when the newer fills, the older is dropped and
+/// what was still in use is noted again as it is met. Forgetting only costs a question.
+/// (A dupefilter emptied by hand while parsers run is not noticed by them: restart
+/// them after deleting a crawl's keys.)
+#[derive(Default)]
+struct KnownSeen {
+    current: FpMap<u32>,
+    previous: FpMap<u32>,
+}
+
+impl KnownSeen {
+    const GENERATION: usize = 1 << 16;
+
+    fn depth(&self, fp: u64) -> Option<u32> {
+        self.current
+            .get(&fp)
+            .or_else(|| self.previous.get(&fp))
+            .copied()
+    }
+
+    /// Whether `fp` is known to be held at `depth` or shallower.
+    fn holds(&self, (fp, depth): Seen) -> bool {
+        self.depth(fp)
+            .is_some_and(|at| at <= depth.min(MAX_TRACKED_DEPTH))
+    }
+
+    /// Redis holds `fp` at `depth` or shallower.
+    fn note(&mut self, (fp, depth): Seen) {
+        let depth = depth.min(MAX_TRACKED_DEPTH);
+        let depth = self.depth(fp).map_or(depth, |at| at.min(depth));
+        if self.current.len() >= Self::GENERATION && !self.current.contains_key(&fp) {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(fp, depth);
+    }
+}
+
 /// An in-process dupefilter: each fingerprint with the shallowest depth it was added at.
 #[derive(Clone, Default)]
 pub struct MemoryDupefilter {
-    seen: Arc<Mutex<HashMap<u64, u32>>>,
+    seen: Arc<Mutex<FpMap<u32>>>,
     budget: Arc<Mutex<budget::MemoryBudget>>,
 }
 
@@ -384,6 +478,37 @@ impl MemoryDupefilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_seen_keeps_the_shallowest_depth_and_two_generations() {
+        let mut known = KnownSeen::default();
+        known.note((1, 4));
+        assert!(known.holds((1, 4)) && known.holds((1, 40)));
+        assert!(!known.holds((1, 3)), "shallower than known: ask");
+        known.note((1, 6));
+        assert!(
+            known.holds((1, 4)),
+            "a deeper note does not hide a shallower one"
+        );
+        known.note((1, 2));
+        assert!(known.holds((1, 2)));
+        known.note((2, 100));
+        assert!(known.holds((2, 31)), "depths from 31 on are one");
+        let n = KnownSeen::GENERATION as u64;
+        for fp in 10..10 + n {
+            known.note((fp, 0));
+        }
+        assert!(known.holds((1, 2)), "the first generation is still there");
+        for fp in 10 + n..10 + 2 * n {
+            known.note((fp, 0));
+        }
+        assert!(
+            !known.holds((1, 2)),
+            "two generations later it is forgotten"
+        );
+        assert!(known.holds((10 + 2 * n - 1, 0)));
+        assert!(known.current.len() + known.previous.len() <= 2 * KnownSeen::GENERATION);
+    }
 
     #[test]
     fn bucket_and_member_cover_the_whole_fingerprint() {
