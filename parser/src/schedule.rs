@@ -33,6 +33,15 @@ pub struct Planned {
     pub request: CrawlRequest,
 }
 
+/// What a page's links and sitemaps come to ([`Planner::plan_extracted`]).
+#[derive(Debug, Default)]
+pub struct PagePlan {
+    /// Requests for the links the dupefilter may not have seen, and for sitemaps.
+    pub requests: Vec<Planned>,
+    /// Links left out: known to be scheduled already.
+    pub known: usize,
+}
+
 /// Turns canonical URLs into requests on the frontier partition of their politeness
 /// key (`[politeness] per`).
 #[derive(Clone, Debug)]
@@ -76,19 +85,34 @@ impl Planner {
     }
 
     /// Plan what a page at `depth` yielded: its links at `depth + 1` (with their
-    /// sitemap `lastmod`), and the sitemaps it named at their own depths.
-    pub async fn plan_extracted(&self, extracted: &crate::Extracted, depth: u32) -> Vec<Planned> {
-        let mut planned = self.plan(&extracted.links, depth.saturating_add(1)).await;
-        for (p, lastmod) in planned.iter_mut().zip(&extracted.lastmods) {
-            p.request.lastmod.clone_from(lastmod);
+    /// sitemap `lastmod`), and the sitemaps it named at their own depths. Links
+    /// `dedup` already knows were scheduled at that depth or shallower are left out
+    /// before any request is built for them (most of a page's links are the same
+    /// navigation on every page); their number is returned beside the plan.
+    pub async fn plan_extracted(
+        &self,
+        extracted: &crate::Extracted,
+        depth: u32,
+        dedup: &Dedup,
+    ) -> PagePlan {
+        let depth = depth.saturating_add(1);
+        let mut plan = PagePlan::default();
+        for (n, url) in extracted.links.iter().enumerate() {
+            let fp = url_fingerprint(url);
+            if dedup.knows((fp, depth)) {
+                plan.known += 1;
+                continue;
+            }
+            let mut p = self.plan_one(url, fp, depth).await;
+            p.request.lastmod = extracted.lastmods.get(n).cloned().flatten();
+            plan.requests.push(p);
         }
         for (url, depth) in &extracted.sitemaps {
-            for mut p in self.plan(std::slice::from_ref(url), *depth).await {
-                p.request.sitemap = true;
-                planned.push(p);
-            }
+            let mut p = self.plan_one(url, url_fingerprint(url), *depth).await;
+            p.request.sitemap = true;
+            plan.requests.push(p);
         }
-        planned
+        plan
     }
 
     /// Plan requests for canonical URLs at `depth`. The message id carries the depth,
@@ -96,38 +120,41 @@ impl Planner {
     pub async fn plan(&self, urls: &[Url], depth: u32) -> Vec<Planned> {
         let mut planned = Vec::with_capacity(urls.len());
         for url in urls {
-            let key = match self.keys.key_now(url) {
-                Some(key) => key,
-                None => self.keys.key(url).await,
-            };
-            let fp = url_fingerprint(url);
-            planned.push(Planned {
-                fp,
-                subject: if self.render.matches(url.as_str()) {
-                    render_subject(self.names.crawl(), partition(&key, self.partitions))
-                } else {
-                    self.names
-                        .frontier_subject(partition(&key, self.partitions))
-                },
-                msg_id: request_id(fp, tracked_depth(depth, self.max_depth)),
-                request: CrawlRequest {
-                    url: url.to_string(),
-                    depth,
-                    tries: 0,
-                    not_before_ms: None,
-                    page_id: None,
-                    last_error: None,
-                    // Only an address needs carrying: host and domain keys are derived
-                    // from the URL the same way everywhere.
-                    key: (self.keys.per() == PolitenessPer::Ip).then_some(key),
-                    sitemap: false,
-                    lastmod: None,
-                    etag: None,
-                    last_modified: None,
-                },
-            });
+            planned.push(self.plan_one(url, url_fingerprint(url), depth).await);
         }
         planned
+    }
+
+    async fn plan_one(&self, url: &Url, fp: u64, depth: u32) -> Planned {
+        let key = match self.keys.key_now(url) {
+            Some(key) => key,
+            None => self.keys.key(url).await,
+        };
+        Planned {
+            fp,
+            subject: if self.render.matches(url.as_str()) {
+                render_subject(self.names.crawl(), partition(&key, self.partitions))
+            } else {
+                self.names
+                    .frontier_subject(partition(&key, self.partitions))
+            },
+            msg_id: request_id(fp, tracked_depth(depth, self.max_depth)),
+            request: CrawlRequest {
+                url: url.to_string(),
+                depth,
+                tries: 0,
+                not_before_ms: None,
+                page_id: None,
+                last_error: None,
+                // Only an address needs carrying: host and domain keys are derived
+                // from the URL the same way everywhere.
+                key: (self.keys.per() == PolitenessPer::Ip).then_some(key),
+                sitemap: false,
+                lastmod: None,
+                etag: None,
+                last_modified: None,
+            },
+        }
     }
 }
 
@@ -151,6 +178,9 @@ pub struct Scheduler {
 pub struct Emit {
     /// Requests subject to the dupefilter.
     pub requests: Vec<Planned>,
+    /// Links found but left out of `requests`, known to be scheduled already (they
+    /// count as found, not as new).
+    pub known: usize,
     /// Requests published regardless of the dupefilter (forced seeds).
     pub forced: Vec<Planned>,
     /// Items.
@@ -181,6 +211,13 @@ impl Dedup {
     /// What the dupefilter keeps of a planned request.
     fn seen(&self, p: &Planned) -> Seen {
         (p.fp, tracked_depth(p.request.depth, self.max_depth))
+    }
+
+    /// Whether the dupefilter is known, without asking anyone, to have `seen` at its
+    /// depth or shallower ([`Dupefilter::knows`]).
+    pub fn knows(&self, (fp, depth): Seen) -> bool {
+        self.dupefilter
+            .knows((fp, tracked_depth(depth, self.max_depth)))
     }
 
     /// The requests the dupefilter has not seen and the budget admits, in order (one
@@ -295,7 +332,7 @@ impl Scheduler {
             }
         };
         dedup
-            .mark_sent(&fresh, &emit.also_seen, emit.requests.len())
+            .mark_sent(&fresh, &emit.also_seen, emit.requests.len() + emit.known)
             .await?;
         self.metrics.items_extracted.inc_by(emit.items.len() as u64);
         Ok(fresh.len())

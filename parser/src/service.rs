@@ -18,7 +18,7 @@ use jetcrawl_shared::CompiledSpider;
 
 use crate::error::ParseError;
 use crate::extract::Rules;
-use crate::schedule::{Emit, EmitProgress, Planner, Scheduler};
+use crate::schedule::{Dedup, Emit, EmitProgress, Planner, Scheduler};
 
 /// Everything a parser process needs.
 pub struct ParserConfig {
@@ -37,6 +37,8 @@ pub struct ParserConfig {
 struct Ctx {
     rules: Arc<Rules>,
     scheduler: Scheduler,
+    /// The scheduler's dupefilter half, asked before links are planned.
+    dedup: Dedup,
     js: jetstream::Context,
     names: Names,
     metrics: Metrics,
@@ -58,12 +60,14 @@ impl Ctx {
         let js = jetstream::new(cfg.nats.clone());
         topology::ensure_streams(&js, &cfg.spider.spider).await?;
         let names = Names::new(cfg.spider.name());
+        let planner = Planner::new(&cfg.spider.spider);
         Ok(Arc::new(Ctx {
             rules,
+            dedup: planner.dedup(cfg.dupefilter.clone(), cfg.metrics.clone()),
             scheduler: Scheduler {
                 js: js.clone(),
                 names: names.clone(),
-                planner: Planner::new(&cfg.spider.spider),
+                planner,
                 dupefilter: cfg.dupefilter.clone(),
                 metrics: cfg.metrics.clone(),
             },
@@ -205,12 +209,14 @@ async fn handle_page(ctx: Arc<Ctx>, msg: jetstream::Message) -> Disposition {
                 .links_capped
                 .inc_by(extracted.links_capped as u64);
         }
+        let plan = ctx
+            .scheduler
+            .planner
+            .plan_extracted(&extracted, depth, &ctx.dedup)
+            .await;
         let emit = Emit {
-            requests: ctx
-                .scheduler
-                .planner
-                .plan_extracted(&extracted, depth)
-                .await,
+            requests: plan.requests,
+            known: plan.known,
             forced: Vec::new(),
             items: extracted.items,
             also_seen: redirect_target.map(|fp| (fp, depth)).into_iter().collect(),

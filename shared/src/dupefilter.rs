@@ -77,6 +77,15 @@ impl Dupefilter {
         }
     }
 
+    /// Whether `seen` is known, without a round trip, to have been added at its depth
+    /// or shallower: by this process, or as Redis told it. `false` means "ask".
+    pub fn knows(&self, seen: Seen) -> bool {
+        match self {
+            Dupefilter::Redis(r) => r.known().holds(seen),
+            Dupefilter::Memory(m) => m.knows(seen),
+        }
+    }
+
     /// [`Dupefilter::add`], and count how many of the first `ask` were added before at
     /// a deeper depth only (up to `deepest`, the deepest anything is scheduled at):
     /// URLs scheduled again along a shorter path. One round trip.
@@ -452,6 +461,12 @@ impl MemoryDupefilter {
                     .is_some_and(|&at| at <= (*depth).min(MAX_TRACKED_DEPTH))
             })
             .collect()
+    }
+
+    fn knows(&self, (fp, depth): Seen) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(&fp)
+            .is_some_and(|&at| at <= depth.min(MAX_TRACKED_DEPTH))
     }
 
     fn deeper(&self, fps: &[Seen]) -> u64 {

@@ -27,6 +27,8 @@ pub enum Event {
     Parsed {
         /// Requests for the links (not yet checked against the dupefilter).
         requests: Vec<Planned>,
+        /// Links left out, known to be scheduled already.
+        known: usize,
         /// Fingerprints to mark seen besides (a redirect's target).
         also_seen: Vec<Seen>,
     },
@@ -97,12 +99,13 @@ impl Frontier {
     pub async fn add(
         &mut self,
         requests: Vec<Planned>,
+        known: usize,
         also_seen: Vec<Seen>,
     ) -> Result<(), jetcrawl_parser::ParseError> {
         let fresh = self.dedup.fresh(&requests).await?;
         self.queue.extend(fresh.iter().map(|p| p.request.clone()));
         self.dedup
-            .mark_sent(&fresh, &also_seen, requests.len())
+            .mark_sent(&fresh, &also_seen, requests.len() + known)
             .await?;
         self.publish_counts();
         Ok(())
@@ -141,8 +144,12 @@ impl Frontier {
                     let Some(event) = event else { break };
                     self.in_flight -= 1;
                     match event {
-                        Event::Parsed { requests, also_seen } if !stopping => {
-                            self.add(requests, also_seen).await?;
+                        Event::Parsed {
+                            requests,
+                            known,
+                            also_seen,
+                        } if !stopping => {
+                            self.add(requests, known, also_seen).await?;
                         }
                         Event::Later { request, delay } if !stopping => {
                             self.seq += 1;

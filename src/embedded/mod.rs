@@ -60,7 +60,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use jetcrawl_fetcher::{FetchOutcome, Fetcher, FetcherOptions};
-use jetcrawl_parser::schedule::Planner;
+use jetcrawl_parser::schedule::{Dedup, Planner};
 use jetcrawl_parser::Rules;
 use jetcrawl_shared::dupefilter::{Dupefilter, MemoryDupefilter, Seen};
 use jetcrawl_shared::message::{CrawlRequest, Item, Page};
@@ -128,7 +128,7 @@ pub async fn run(opts: CrawlOptions, stop: CancellationToken) -> anyhow::Result<
         metrics.clone(),
     );
 
-    let mut frontier = Frontier::new(dedup, stats.clone());
+    let mut frontier = Frontier::new(dedup.clone(), stats.clone());
     let mut seeds = Vec::new();
     for raw in &spider.spider.start_urls {
         match rules.seed(raw) {
@@ -137,7 +137,7 @@ pub async fn run(opts: CrawlOptions, stop: CancellationToken) -> anyhow::Result<
         }
     }
     frontier
-        .add(planner.plan(&seeds, 0).await, Vec::new())
+        .add(planner.plan(&seeds, 0).await, 0, Vec::new())
         .await?;
     anyhow::ensure!(
         !frontier.is_idle(),
@@ -181,6 +181,7 @@ pub async fn run(opts: CrawlOptions, stop: CancellationToken) -> anyhow::Result<
     let parsing = tokio::spawn(parse_pages(ParseStage {
         rules: rules.clone(),
         planner,
+        dedup,
         pages: pages_rx,
         items: items_tx,
         events: events_tx.clone(),
@@ -298,6 +299,8 @@ async fn settle_parse_task(done: Result<(), tokio::task::JoinError>, events: &mp
 struct ParseStage {
     rules: Arc<Rules>,
     planner: Planner,
+    /// The frontier's dupefilter, asked before links are planned.
+    dedup: Dedup,
     pages: mpsc::Receiver<Box<Page>>,
     items: mpsc::Sender<Item>,
     events: mpsc::Sender<Event>,
@@ -316,7 +319,7 @@ async fn parse_pages(mut stage: ParseStage) {
             break;
         };
         let rules = stage.rules.clone();
-        let planner = stage.planner.clone();
+        let (planner, dedup) = (stage.planner.clone(), stage.dedup.clone());
         let (items, events) = (stage.items.clone(), stage.events.clone());
         let (metrics, stats) = (stage.metrics.clone(), stage.stats.clone());
         tasks.spawn(async move {
@@ -343,7 +346,7 @@ async fn parse_pages(mut stage: ParseStage) {
             metrics.links_capped.inc_by(extracted.links_capped as u64);
             jetcrawl_parser::traps::count_refusals(&metrics, &extracted.refused);
             jetcrawl_parser::sitemap::report(&metrics, &url, &extracted);
-            let requests = planner.plan_extracted(&extracted, depth).await;
+            let plan = planner.plan_extracted(&extracted, depth, &dedup).await;
             for item in extracted.items {
                 if items.send(item).await.is_err() {
                     break; // the sink failed; the crawl is stopping
@@ -351,7 +354,8 @@ async fn parse_pages(mut stage: ParseStage) {
             }
             let _ = events
                 .send(Event::Parsed {
-                    requests,
+                    requests: plan.requests,
+                    known: plan.known,
                     also_seen,
                 })
                 .await;
