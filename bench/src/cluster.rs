@@ -99,7 +99,7 @@ impl Node {
     }
 }
 
-/// A NATS cluster of real `nats-server` processes, killed when dropped.
+/// A NATS cluster of real `nats-server` processes, killed when dropped (each [`Node`]).
 pub struct NatsCluster {
     nodes: Vec<Node>,
     /// A client of every node (it fails over as nodes come and go).
@@ -336,10 +336,10 @@ async fn jetstream_answers(nodes: &[Node]) -> bool {
     true
 }
 
-impl Drop for NatsCluster {
+/// A node is killed when dropped: also the nodes of an attempt [`NatsCluster::start`]
+/// gives up on (a port taken by a parallel test), which once outlived their test.
+impl Drop for Node {
     fn drop(&mut self) {
-        for node in &mut self.nodes {
-            node.kill();
-        }
+        self.kill();
     }
 }
