@@ -2,6 +2,9 @@
 //! `<meta>`, XML declaration, then statistical sniffing) and whether a content type is
 //! one the crawler parses at all.
 
+use std::borrow::Cow;
+
+use bytes::Bytes;
 use chardetng::{EncodingDetector, Iso2022JpDetection, Utf8Detection};
 use encoding_rs::{Encoding, UTF_8, WINDOWS_1252};
 
@@ -16,7 +19,8 @@ const SNIFF_BYTES: usize = 1 << 20;
 /// encoding used (e.g. "UTF-8", "windows-1252", "Shift_JIS"). Malformed bytes become
 /// U+FFFD; unknown labels fall through to the next step.
 pub fn decode_body(body: &[u8], content_type: Option<&str>) -> (String, &'static str) {
-    decode(body, content_type, None)
+    let (text, name) = decode(body, content_type, None);
+    (text.into_owned(), name)
 }
 
 /// [`decode_body`], with the page URL's top-level domain as a hint for sniffing
@@ -26,10 +30,28 @@ pub fn decode_body_for_url(
     content_type: Option<&str>,
     url: &url::Url,
 ) -> (String, &'static str) {
-    decode(body, content_type, tld_of(url))
+    let (text, name) = decode(body, content_type, tld_of(url));
+    (text.into_owned(), name)
 }
 
-fn decode(body: &[u8], content_type: Option<&str>, tld: Option<String>) -> (String, &'static str) {
+/// [`decode_body_for_url`] without a copy when the body already is what it decodes to
+/// (UTF-8, or ASCII in an ASCII-compatible charset): a slice of the same buffer.
+pub fn decode_bytes_for_url(
+    body: &Bytes,
+    content_type: Option<&str>,
+    url: &url::Url,
+) -> (Bytes, &'static str) {
+    match decode(body, content_type, tld_of(url)) {
+        (Cow::Borrowed(text), name) => (body.slice_ref(text.as_bytes()), name),
+        (Cow::Owned(text), name) => (Bytes::from(text), name),
+    }
+}
+
+fn decode<'a>(
+    body: &'a [u8],
+    content_type: Option<&str>,
+    tld: Option<String>,
+) -> (Cow<'a, str>, &'static str) {
     if let Some((encoding, bom_len)) = Encoding::for_bom(body) {
         return decode_with(encoding, &body[bom_len..]);
     }
@@ -65,9 +87,9 @@ pub fn is_textual(content_type: Option<&str>) -> bool {
     )
 }
 
-fn decode_with(encoding: &'static Encoding, bytes: &[u8]) -> (String, &'static str) {
+fn decode_with<'a>(encoding: &'static Encoding, bytes: &'a [u8]) -> (Cow<'a, str>, &'static str) {
     let (text, _had_errors) = encoding.decode_without_bom_handling(bytes);
-    (text.into_owned(), encoding.name())
+    (text, encoding.name())
 }
 
 fn sniff(body: &[u8], tld: Option<String>) -> &'static Encoding {
@@ -443,5 +465,21 @@ mod tests {
         assert!(!is_textual(Some("image/png")));
         assert!(!is_textual(Some("application/pdf")));
         assert!(!is_textual(Some("application/json")));
+    }
+
+    #[test]
+    fn a_utf8_body_is_published_from_the_buffer_it_came_in() {
+        let url = url::Url::parse("https://example.com/").unwrap();
+        let body = Bytes::from("<meta charset=utf-8><p>héllo</p>".as_bytes().to_vec());
+        let (text, name) = decode_bytes_for_url(&body, Some("text/html"), &url);
+        assert_eq!((&text[..], name), (&body[..], "UTF-8"));
+        assert_eq!(text.as_ptr(), body.as_ptr(), "no copy");
+        let bom = Bytes::from(b"\xEF\xBB\xBFhi".to_vec());
+        let (text, _) = decode_bytes_for_url(&bom, None, &url);
+        assert_eq!(&text[..], b"hi", "the BOM is left out");
+        let latin1 = Bytes::from(b"caf\xe9".to_vec());
+        let (text, name) =
+            decode_bytes_for_url(&latin1, Some("text/html; charset=iso-8859-1"), &url);
+        assert_eq!((&text[..], name), ("café".as_bytes(), "windows-1252"));
     }
 }

@@ -14,7 +14,7 @@ use jetcrawl_shared::message::{CrawlRequest, Page};
 use jetcrawl_shared::telemetry::Metrics;
 use jetcrawl_shared::CompiledSpider;
 
-use crate::charset::{decode_body_for_url, is_textual};
+use crate::charset::{decode_bytes_for_url, is_textual};
 use crate::error::FetchError;
 use crate::http::{HttpClient, HttpConfig};
 use crate::lease::Lease;
@@ -334,7 +334,7 @@ impl Fetcher {
                 let textual = is_textual(resp.content_type.as_deref());
                 let mut truncated = resp.truncated;
                 let (body, charset) = if textual {
-                    let (mut text, charset) = decode_body_for_url(
+                    let (mut text, charset) = decode_bytes_for_url(
                         &resp.body,
                         resp.content_type.as_deref(),
                         &resp.final_url,
@@ -344,13 +344,14 @@ impl Fetcher {
                     let cap = self.http.config().max_body_bytes;
                     if text.len() > cap {
                         let mut end = cap;
-                        while !text.is_char_boundary(end) {
+                        // `text` is UTF-8: step back to the start of a character.
+                        while end > 0 && (text[end] & 0xC0) == 0x80 {
                             end -= 1;
                         }
                         text.truncate(end);
                         truncated = true;
                     }
-                    (Bytes::from(text), Some(charset.to_string()))
+                    (text, Some(charset.to_string()))
                 } else if self.spider.spider.sitemaps
                     && (req.sitemap || url.path().ends_with(".gz"))
                 {
