@@ -53,9 +53,10 @@ CREATE TABLE IF NOT EXISTS jetcrawl_items (
     PRIMARY KEY (crawl, item_id)
 )";
 
-const SQLITE_UPSERT: &str = "
-INSERT INTO jetcrawl_items (crawl, item_id, item_type, url, data, fetched_at, stored_at)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+const SQLITE_UPSERT_HEAD: &str =
+    "INSERT INTO jetcrawl_items (crawl, item_id, item_type, url, data, fetched_at, stored_at) VALUES ";
+const SQLITE_UPSERT_ROW: &str = "(?, ?, ?, ?, ?, ?, ?)";
+const SQLITE_UPSERT_TAIL: &str = "
 ON CONFLICT (crawl, item_id) DO UPDATE SET
     item_type = excluded.item_type,
     url = excluded.url,
@@ -63,6 +64,27 @@ ON CONFLICT (crawl, item_id) DO UPDATE SET
     fetched_at = excluded.fetched_at,
     stored_at = excluded.stored_at
 WHERE jetcrawl_items.fetched_at IS NULL OR jetcrawl_items.fetched_at <= excluded.fetched_at";
+
+/// Rows a SQLite upsert statement carries: 7 parameters a row stay under 999, the
+/// smallest parameter limit SQLite has shipped with. One statement a row cost a round
+/// trip to sqlx's SQLite thread each (two thread wake-ups an item).
+const SQLITE_ROWS_PER_STATEMENT: usize = 128;
+
+/// The SQLite upsert of `rows` rows.
+fn sqlite_upsert(rows: usize) -> String {
+    let mut sql = String::with_capacity(
+        SQLITE_UPSERT_HEAD.len() + rows * (SQLITE_UPSERT_ROW.len() + 1) + SQLITE_UPSERT_TAIL.len(),
+    );
+    sql.push_str(SQLITE_UPSERT_HEAD);
+    for n in 0..rows {
+        if n > 0 {
+            sql.push(',');
+        }
+        sql.push_str(SQLITE_UPSERT_ROW);
+    }
+    sql.push_str(SQLITE_UPSERT_TAIL);
+    sql
+}
 
 /// Where items go.
 #[derive(Clone, Debug)]
@@ -162,19 +184,31 @@ impl Store {
                     .await?;
             }
             Store::Sqlite(pool) => {
+                static FULL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+                let full = FULL.get_or_init(|| sqlite_upsert(SQLITE_ROWS_PER_STATEMENT));
                 let now = chrono::Utc::now().to_rfc3339();
                 let mut tx = pool.begin().await?;
-                for item in &items {
-                    sqlx::query(SQLITE_UPSERT)
-                        .bind(&item.crawl)
-                        .bind(&item.item_id)
-                        .bind(&item.item_type)
-                        .bind(&item.url)
-                        .bind(data_json(item))
-                        .bind(item.fetched_at.to_rfc3339())
-                        .bind(&now)
-                        .execute(&mut *tx)
-                        .await?;
+                // Rows keep their order, so a later version of an item still wins.
+                for chunk in items.chunks(SQLITE_ROWS_PER_STATEMENT) {
+                    let partial;
+                    let sql = if chunk.len() == SQLITE_ROWS_PER_STATEMENT {
+                        full.as_str()
+                    } else {
+                        partial = sqlite_upsert(chunk.len());
+                        partial.as_str()
+                    };
+                    let mut query = sqlx::query(sql);
+                    for item in chunk {
+                        query = query
+                            .bind(&item.crawl)
+                            .bind(&item.item_id)
+                            .bind(&item.item_type)
+                            .bind(&item.url)
+                            .bind(data_json(item))
+                            .bind(item.fetched_at.to_rfc3339())
+                            .bind(&now);
+                    }
+                    query.execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
             }
