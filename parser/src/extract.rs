@@ -1,8 +1,7 @@
 //! Pure page parsing: extraction rules to items, anchors to in-scope canonical links.
 
-use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 
 use scraper::{ElementRef, Html, Selector};
 use serde_json::Value;
@@ -16,28 +15,6 @@ use jetcrawl_shared::CompiledSpider;
 use crate::error::ParseError;
 use crate::stream::{Scan, StreamPlan};
 use crate::traps::{Trap, TrapGuard};
-
-/// Pages up to this size are parsed on the async worker that handles them
-/// ([`Rules::parse_off_runtime`]).
-pub const INLINE_PARSE_BYTES: usize = 256 * 1024;
-
-/// Parsing a page panicked (a bug): what the panic said.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParsePanic(pub String);
-
-impl std::fmt::Display for ParsePanic {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "panic: {}", self.0)
-    }
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".to_string())
-}
 
 /// An href this many times `[traps] max_url_length` is garbage: not even
 /// canonicalized (nor counted as a trap).
@@ -224,41 +201,6 @@ impl Rules {
     /// The spider these rules come from.
     pub fn spider(&self) -> &CompiledSpider {
         &self.spider
-    }
-
-    /// [`Rules::parse`] without holding up the async runtime for long. A page up to
-    /// [`INLINE_PARSE_BYTES`] is parsed on the task's own worker thread (a 20 KB page
-    /// takes ~0.2 ms): handing it to another thread and back cost more than parsing it
-    /// (two thread wake-ups a page; the parser's worker threads spent 58% of its CPU
-    /// in the benchmark, the parse threads 35%). Larger pages go to tokio's blocking
-    /// pool, at most one per core at a time: more at once only adds threads, and each
-    /// thread's allocator cache holds DOM-sized blocks (16 parse threads took the
-    /// parser's RSS past 100 MB in the benchmark). A panic while parsing is returned as
-    /// an error naming it, either way.
-    pub async fn parse_off_runtime<P>(self: &Arc<Self>, page: P) -> Result<Extracted, ParsePanic>
-    where
-        P: Borrow<Page> + Send + 'static,
-    {
-        if page.borrow().body.len() <= INLINE_PARSE_BYTES {
-            let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.parse(page.borrow())
-            }));
-            return parsed.map_err(|panic| ParsePanic(panic_message(&*panic)));
-        }
-        static CORES: OnceLock<Arc<tokio::sync::Semaphore>> = OnceLock::new();
-        let cores = CORES.get_or_init(|| {
-            let n = std::thread::available_parallelism().map_or(2, |n| n.get());
-            Arc::new(tokio::sync::Semaphore::new(n))
-        });
-        // The semaphore is never closed, so acquiring cannot fail.
-        let _permit = cores.clone().acquire_owned().await.ok();
-        let rules = Arc::clone(self);
-        tokio::task::spawn_blocking(move || rules.parse(page.borrow()))
-            .await
-            .map_err(|e| match e.try_into_panic() {
-                Ok(panic) => ParsePanic(panic_message(&*panic)),
-                Err(e) => ParsePanic(e.to_string()),
-            })
     }
 
     /// Items and links of a page. Only 2xx HTML pages and sitemaps yield anything

@@ -18,6 +18,7 @@
 mod charref;
 pub mod error;
 pub mod extract;
+pub mod offload;
 pub mod recrawl;
 pub mod schedule;
 pub mod service;

@@ -97,9 +97,14 @@ impl Planner {
     ) -> PagePlan {
         let depth = depth.saturating_add(1);
         let mut plan = PagePlan::default();
-        for (n, url) in extracted.links.iter().enumerate() {
-            let fp = url_fingerprint(url);
-            if dedup.knows((fp, depth)) {
+        let fps: Vec<Seen> = extracted
+            .links
+            .iter()
+            .map(|url| (url_fingerprint(url), depth))
+            .collect();
+        let known = dedup.knows(&fps);
+        for (n, (url, &(fp, _))) in extracted.links.iter().zip(&fps).enumerate() {
+            if known[n] {
                 plan.known += 1;
                 continue;
             }
@@ -213,11 +218,14 @@ impl Dedup {
         (p.fp, tracked_depth(p.request.depth, self.max_depth))
     }
 
-    /// Whether the dupefilter is known, without asking anyone, to have `seen` at its
-    /// depth or shallower ([`Dupefilter::knows`]).
-    pub fn knows(&self, (fp, depth): Seen) -> bool {
-        self.dupefilter
-            .knows((fp, tracked_depth(depth, self.max_depth)))
+    /// For each (fingerprint, depth), whether the dupefilter is known, without asking
+    /// anyone, to have it at that depth or shallower ([`Dupefilter::knows`]).
+    pub fn knows(&self, fps: &[Seen]) -> Vec<bool> {
+        let tracked: Vec<Seen> = fps
+            .iter()
+            .map(|&(fp, depth)| (fp, tracked_depth(depth, self.max_depth)))
+            .collect();
+        self.dupefilter.knows(&tracked)
     }
 
     /// The requests the dupefilter has not seen and the budget admits, in order (one

@@ -77,12 +77,16 @@ impl Dupefilter {
         }
     }
 
-    /// Whether `seen` is known, without a round trip, to have been added at its depth
-    /// or shallower: by this process, or as Redis told it. `false` means "ask".
-    pub fn knows(&self, seen: Seen) -> bool {
+    /// For each (fingerprint, depth), whether it is known without a round trip to have
+    /// been added at that depth or shallower: by this process, or as Redis told it.
+    /// `false` means "ask". One lock for the lot.
+    pub fn knows(&self, fps: &[Seen]) -> Vec<bool> {
         match self {
-            Dupefilter::Redis(r) => r.known().holds(seen),
-            Dupefilter::Memory(m) => m.knows(seen),
+            Dupefilter::Redis(r) => {
+                let known = r.known();
+                fps.iter().map(|&seen| known.holds(seen)).collect()
+            }
+            Dupefilter::Memory(m) => m.check(fps),
         }
     }
 
@@ -461,12 +465,6 @@ impl MemoryDupefilter {
                     .is_some_and(|&at| at <= (*depth).min(MAX_TRACKED_DEPTH))
             })
             .collect()
-    }
-
-    fn knows(&self, (fp, depth): Seen) -> bool {
-        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.get(&fp)
-            .is_some_and(|&at| at <= depth.min(MAX_TRACKED_DEPTH))
     }
 
     fn deeper(&self, fps: &[Seen]) -> u64 {
