@@ -27,8 +27,8 @@ pub struct ReplayArgs {
     /// Pages from this PAGES stream sequence on.
     #[arg(long)]
     from_seq: Option<u64>,
-    /// Pages parsed at once.
-    #[arg(long, default_value_t = 16)]
+    /// Pages in hand at once (as `jetcrawl parser --concurrency`).
+    #[arg(long, default_value_t = 64)]
     concurrency: usize,
 }
 

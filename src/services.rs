@@ -40,8 +40,11 @@ pub struct ParserArgs {
     /// (`redis://a:7000,redis://b:7000`), or any one node's URL.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
-    /// Pages parsed at once in this process.
-    #[arg(long, default_value_t = 16)]
+    /// Pages in hand at once in this process: parsing, or waiting on Redis and on
+    /// publish acks. Most of a page's time here is those round trips, so a parser
+    /// needs many at once to keep a core busy; each holds its body (at most one NATS
+    /// message: the server's `max_payload`, 1 MB by default).
+    #[arg(long, default_value_t = 64)]
     concurrency: usize,
 }
 

@@ -8,6 +8,7 @@
 mod crawl;
 mod embedded;
 mod export;
+mod floor;
 mod hosts;
 mod parse;
 mod render;
@@ -44,6 +45,9 @@ enum Scenario {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// nats-server's CPU for a page's messages with stand-in stages that do nothing
+    /// else (the floor under the distributed crawl's figure), alternating with crawls.
+    NatsFloor(CrawlArgs),
     /// spider (crates.io), jetcrawl embedded and jetcrawl distributed on the same site,
     /// interleaved run by run, with the ratios (the peer: bench/peer-spider).
     Versus(CrawlArgs),
@@ -152,6 +156,7 @@ async fn main() -> Result<()> {
         }
         Scenario::Embedded(a) => embedded(&bins, &a).await?,
         Scenario::Versus(a) => versus(&bins, &a).await?,
+        Scenario::NatsFloor(a) => floor::floor(&bins, &a).await?,
         Scenario::Parse { pages, rounds } => parse::parse(pages, rounds)?,
         Scenario::Sink { items, runs } => sink(&bins, items, runs).await?,
         Scenario::Backpressure {
