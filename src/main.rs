@@ -25,15 +25,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// `mi_option_purge_delay` (the same index in mimalloc 2 and 3).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Return freed memory to the OS at once. With mimalloc's default delay, pages freed
-/// by threads that then go idle (the blocking pool's parse threads) were never purged:
-/// the parser's RSS climbed from 50 to 95 MB over a 200,000-page crawl; with no delay
-/// it stays flat near 33 MB, for no measurable CPU.
+/// Return freed memory to the OS soon: 10 ms after it is freed, not mimalloc's default
+/// (which never purged pages freed by threads that then went idle, the blocking pool's
+/// parse threads: the parser's RSS climbed from 50 to 95 MB over a 200,000-page crawl).
+/// At 0 (at once) the parser spent ~7% of its CPU faulting the same pages back in; at
+/// 10 ms, +6% pages/s in the distributed crawl and RSS as flat (docs/BENCHMARKS.md).
 /// `MIMALLOC_PURGE_DELAY` in the environment still wins.
 fn tune_allocator() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets a process-wide option; mimalloc reads it on each purge decision.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10) };
     }
 }
 
