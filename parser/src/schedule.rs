@@ -11,9 +11,9 @@ use url::Url;
 
 use jetcrawl_shared::canon::{partition, url_fingerprint};
 use jetcrawl_shared::config::{Budget, PolitenessPer};
-use jetcrawl_shared::dupefilter::{tracked_depth, Ask, Dupefilter, Seen};
+use jetcrawl_shared::dupefilter::{tracked_depth, Ask, Dupefilter, Seen, Verdict};
 use jetcrawl_shared::hostkey::HostKeys;
-use jetcrawl_shared::message::{item_msg_id, request_id, CrawlRequest, Item};
+use jetcrawl_shared::message::{first_request_id, item_msg_id, request_id, CrawlRequest, Item};
 use jetcrawl_shared::render::{render_subject, RenderMatch};
 use jetcrawl_shared::telemetry::Metrics;
 use jetcrawl_shared::topology::Names;
@@ -230,14 +230,30 @@ impl Dedup {
 
     /// The requests the dupefilter has not seen and the budget admits, in order (one
     /// round trip, two with a budget).
+    ///
+    /// A URL never scheduled gets a message id without its depth (the fingerprint
+    /// alone): pages in hand at once in any parser that find the same new URL at
+    /// different depths publish it under one id, and JetStream's duplicate window
+    /// keeps one request, so it is fetched once. A URL scheduled before only deeper
+    /// keeps the id with its depth, so the window does not swallow the new, shorter
+    /// path. (Under that race the dupefilter notes the shallowest depth found, which
+    /// may be shallower than the request kept: its links are then followed from the
+    /// kept request's depth, not the shortest path's.)
     pub async fn fresh(&self, requests: &[Planned]) -> Result<Vec<Planned>, ParseError> {
         let fps: Vec<Seen> = requests.iter().map(|p| self.seen(p)).collect();
-        let seen = self.dupefilter.check(&fps).await?;
+        let deepest = tracked_depth(self.max_depth, self.max_depth);
+        let verdicts = self.dupefilter.classify(&fps, deepest).await?;
         let fresh: Vec<Planned> = requests
             .iter()
-            .zip(&seen)
-            .filter(|(_, seen)| !**seen)
-            .map(|(p, _)| p.clone())
+            .zip(&verdicts)
+            .filter_map(|(p, verdict)| match verdict {
+                Verdict::Held => None,
+                Verdict::Deeper => Some(p.clone()),
+                Verdict::New => Some(Planned {
+                    msg_id: first_request_id(p.fp),
+                    ..p.clone()
+                }),
+            })
             .collect();
         self.admit(fresh).await
     }
@@ -540,6 +556,41 @@ mod tests {
                 "ids carry the depth only when it is tracked"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_new_url_found_at_two_depths_at_once_is_one_request_a_shorter_path_later_another() {
+        use jetcrawl_shared::dupefilter::MemoryDupefilter;
+        let url = Url::parse("http://a.test/p").unwrap();
+        let planner = Planner {
+            max_depth: 8,
+            ..planner(PolitenessPer::Host)
+        };
+        let dedup = planner.dedup(
+            Dupefilter::Memory(MemoryDupefilter::default()),
+            Metrics::new(),
+        );
+        // Two pages in hand (depths 3 and 2) find the URL before either adds it.
+        let deep = planner.plan(std::slice::from_ref(&url), 4).await;
+        let shallow = planner.plan(std::slice::from_ref(&url), 3).await;
+        let first = dedup.fresh(&deep).await.unwrap();
+        let second = dedup.fresh(&shallow).await.unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(second.len(), 1);
+        assert_eq!(
+            first[0].msg_id, second[0].msg_id,
+            "one message id: JetStream's duplicate window keeps one request"
+        );
+        dedup.mark_sent(&first, &[], 1).await.unwrap();
+        // Found later along a shorter path than the one scheduled: scheduled again,
+        // under an id the window does not take for the first.
+        let later = planner.plan(std::slice::from_ref(&url), 2).await;
+        let again = dedup.fresh(&later).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_ne!(again[0].msg_id, first[0].msg_id);
+        assert_eq!(again[0].msg_id, request_id(again[0].fp, 2));
+        // Found at the scheduled depth or deeper: nothing.
+        assert!(dedup.fresh(&deep).await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -58,6 +58,17 @@ pub fn tracked_depth(depth: u32, max_depth: u32) -> u32 {
     }
 }
 
+/// What the dupefilter holds of a URL about to be scheduled at a depth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Scheduled at that depth or shallower: not to be scheduled again.
+    Held,
+    /// Scheduled before, only deeper: to be scheduled again at the shorter depth.
+    Deeper,
+    /// Never scheduled.
+    New,
+}
+
 /// Check-then-add set of fingerprints, one per crawl.
 #[derive(Clone)]
 pub enum Dupefilter {
@@ -71,9 +82,17 @@ impl Dupefilter {
     /// For each (fingerprint, depth), whether it was added at that depth or shallower.
     /// One round trip.
     pub async fn check(&self, fps: &[Seen]) -> Result<Vec<bool>, Error> {
+        let verdicts = self.classify(fps, 0).await?;
+        Ok(verdicts.iter().map(|v| *v == Verdict::Held).collect())
+    }
+
+    /// For each (fingerprint, depth): held at that depth or shallower, held only at a
+    /// deeper depth (up to `deepest`, the deepest anything is scheduled at), or new.
+    /// One round trip.
+    pub async fn classify(&self, fps: &[Seen], deepest: u32) -> Result<Vec<Verdict>, Error> {
         match self {
-            Dupefilter::Redis(r) => r.check(fps).await,
-            Dupefilter::Memory(m) => Ok(m.check(fps)),
+            Dupefilter::Redis(r) => r.classify(fps, deepest).await,
+            Dupefilter::Memory(m) => Ok(m.classify(fps)),
         }
     }
 
@@ -86,7 +105,11 @@ impl Dupefilter {
                 let known = r.known();
                 fps.iter().map(|&seen| known.holds(seen)).collect()
             }
-            Dupefilter::Memory(m) => m.check(fps),
+            Dupefilter::Memory(m) => m
+                .classify(fps)
+                .into_iter()
+                .map(|v| v == Verdict::Held)
+                .collect(),
         }
     }
 
@@ -214,19 +237,16 @@ impl RedisDupefilter {
         format!("{}{:04x}", self.prefix, bucket(fp))
     }
 
-    async fn check(&self, fps: &[Seen]) -> Result<Vec<bool>, Error> {
-        let mut seen = vec![false; fps.len()];
+    async fn classify(&self, fps: &[Seen], deepest: u32) -> Result<Vec<Verdict>, Error> {
+        let mut verdicts = vec![Verdict::Held; fps.len()];
         // Only what this process does not already know to be in Redis is asked: most
         // links on a page (navigation, footer) were seen thousands of pages ago.
         let ask: Vec<usize> = {
             let known = self.known();
             (0..fps.len()).filter(|&i| !known.holds(fps[i])).collect()
         };
-        for i in (0..fps.len()).filter(|i| ask.binary_search(i).is_err()) {
-            seen[i] = true;
-        }
         if ask.is_empty() {
-            return Ok(seen);
+            return Ok(verdicts);
         }
         let mut batch = Batch::new(&self.conn);
         for &i in &ask {
@@ -234,7 +254,7 @@ impl RedisDupefilter {
             let key = self.key(fp);
             let mut cmd = redis::cmd("SMISMEMBER");
             cmd.arg(&key);
-            for d in 0..=depth.min(MAX_TRACKED_DEPTH) {
+            for d in 0..=depth.max(deepest).min(MAX_TRACKED_DEPTH) {
                 cmd.arg(member(fp, d));
             }
             batch.add(&key, cmd, true);
@@ -242,12 +262,21 @@ impl RedisDupefilter {
         let found = batch.query().await?;
         let mut known = self.known();
         for (&i, at) in ask.iter().zip(&found) {
-            if at.iter().any(|&x| x) {
-                seen[i] = true;
-                known.note(fps[i]);
-            }
+            let (fp, depth) = fps[i];
+            // `at[d]`: held at depth d.
+            verdicts[i] = match at.iter().position(|&x| x) {
+                Some(d) if d as u32 <= depth => {
+                    known.note(fps[i]);
+                    Verdict::Held
+                }
+                Some(d) => {
+                    known.note((fp, d as u32));
+                    Verdict::Deeper
+                }
+                None => Verdict::New,
+            };
         }
-        Ok(seen)
+        Ok(verdicts)
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, KnownSeen> {
@@ -457,12 +486,13 @@ pub struct MemoryDupefilter {
 }
 
 impl MemoryDupefilter {
-    fn check(&self, fps: &[Seen]) -> Vec<bool> {
+    fn classify(&self, fps: &[Seen]) -> Vec<Verdict> {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         fps.iter()
-            .map(|(fp, depth)| {
-                seen.get(fp)
-                    .is_some_and(|&at| at <= (*depth).min(MAX_TRACKED_DEPTH))
+            .map(|(fp, depth)| match seen.get(fp) {
+                Some(&at) if at <= (*depth).min(MAX_TRACKED_DEPTH) => Verdict::Held,
+                Some(_) => Verdict::Deeper,
+                None => Verdict::New,
             })
             .collect()
     }

@@ -115,6 +115,14 @@ pub fn request_id(fp: u64, depth: u32) -> String {
     format!("{fp:016x}-d{depth}")
 }
 
+/// Message id of a request for a URL never scheduled before: the fingerprint alone, so
+/// that every parser finding the URL at once, at whatever depth, publishes one id and
+/// JetStream's duplicate window keeps one request ([`request_id`] is for a URL
+/// scheduled again along a shorter path).
+pub fn first_request_id(fp: u64) -> String {
+    format!("{fp:016x}")
+}
+
 impl CrawlRequest {
     /// The message id of the page this request produces.
     pub fn page_msg_id(&self, fp: u64) -> String {
