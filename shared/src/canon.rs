@@ -62,13 +62,39 @@ pub fn canonicalize_str(
         url: truncate(raw),
         reason: e.to_string(),
     })?;
-    canonicalize(&parsed, filter)
+    match canonical_form(&parsed, filter)? {
+        // Most links are canonical as written: keep the parse, skip a second one.
+        Canonical::AsIs => Ok(parsed),
+        Canonical::Rewritten(out) => reparse(&out, &parsed),
+    }
 }
 
 /// Canonicalize a parsed URL: http(s) only, lowercase scheme and host, no default
 /// port, no fragment, dot-segments resolved, percent-encoding normalised (unreserved
 /// characters decoded, hex upper-cased), query parameters filtered and sorted.
 pub fn canonicalize(url: &Url, filter: &QueryFilter) -> Result<Url, UrlError> {
+    match canonical_form(url, filter)? {
+        Canonical::AsIs => Ok(url.clone()),
+        Canonical::Rewritten(out) => reparse(&out, url),
+    }
+}
+
+/// What canonicalizing a URL gives: the URL itself, or another spelling to parse.
+enum Canonical {
+    AsIs,
+    Rewritten(String),
+}
+
+fn reparse(out: &str, from: &Url) -> Result<Url, UrlError> {
+    Url::parse(out).map_err(|e| UrlError::Invalid {
+        url: truncate(from.as_str()),
+        reason: e.to_string(),
+    })
+}
+
+/// The canonical spelling of `url` ([`canonicalize`]), or `AsIs` when that is how the
+/// URL already reads (a parsed URL's serialization parses back to the same URL).
+fn canonical_form(url: &Url, filter: &QueryFilter) -> Result<Canonical, UrlError> {
     match url.scheme() {
         "http" | "https" => {}
         other => return Err(UrlError::Scheme(other.to_string())),
@@ -121,9 +147,10 @@ pub fn canonicalize(url: &Url, filter: &QueryFilter) -> Result<Url, UrlError> {
             out.push_str(&params.join("&"));
         }
     }
-    Url::parse(&out).map_err(|e| UrlError::Invalid {
-        url: truncate(url.as_str()),
-        reason: e.to_string(),
+    Ok(if out == url.as_str() {
+        Canonical::AsIs
+    } else {
+        Canonical::Rewritten(out)
     })
 }
 
@@ -384,6 +411,24 @@ mod tests {
     }
 
     proptest! {
+        /// A URL already canonical is kept as parsed, not parsed again: that must be
+        /// the URL a second parse would give.
+        #[test]
+        fn a_url_kept_as_parsed_is_what_parsing_it_again_gives(
+            raw in url_strategy(),
+            href in "(\\.\\./|/|)[a-zA-Z0-9%._~-]{0,6}(/[a-zA-Z0-9._~-]{0,4}){0,3}(\\?[a-z]{1,3}=[a-z0-9]{0,3})?(#[a-z]{0,3})?",
+        ) {
+            let f = QueryFilter::utm();
+            if let Ok(url) = canonicalize_str(&raw, None, &f) {
+                prop_assert_eq!(&Url::parse(url.as_str()).unwrap(), &url);
+                if let Ok(joined) = canonicalize_str(&href, Some(&url), &f) {
+                    prop_assert_eq!(&Url::parse(joined.as_str()).unwrap(), &joined);
+                    let again = canonicalize(&joined, &f).unwrap();
+                    prop_assert_eq!(again, joined);
+                }
+            }
+        }
+
         #[test]
         fn canonicalize_is_idempotent(raw in url_strategy()) {
             let f = QueryFilter::utm();
