@@ -1,6 +1,7 @@
 //! Pure page parsing: extraction rules to items, anchors to in-scope canonical links.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::{Mutex, OnceLock};
 
 use scraper::{ElementRef, Html, Selector};
@@ -8,6 +9,7 @@ use serde_json::Value;
 use url::Url;
 
 use jetcrawl_shared::canon::{self, host_in_scope};
+use jetcrawl_shared::dupefilter::{FpHasher, FpSet};
 use jetcrawl_shared::hostkey::registrable_domain;
 use jetcrawl_shared::message::{item_id, Item, Page};
 use jetcrawl_shared::CompiledSpider;
@@ -47,7 +49,8 @@ pub struct Rules {
 /// hash of origin, page host and href.
 #[derive(Debug, Default)]
 struct LinkMemo {
-    verdicts: Mutex<HashMap<u128, Option<Url>>>,
+    /// Keyed by the 128-bit hash itself (no second hashing).
+    verdicts: Mutex<HashMap<u128, Option<Url>, BuildHasherDefault<FpHasher>>>,
 }
 
 impl LinkMemo {
@@ -417,7 +420,7 @@ impl Rules {
         base: &Url,
         page_host: Option<&str>,
     ) -> Links {
-        let mut seen = HashSet::new();
+        let mut seen = FpSet::default();
         let mut out = Vec::new();
         let mut refused = Vec::new();
         for href in hrefs {

@@ -434,7 +434,13 @@ impl std::hash::Hasher for FpHasher {
     fn write_u64(&mut self, n: u64) {
         self.0 = n;
     }
+    fn write_u128(&mut self, n: u128) {
+        self.0 = (n as u64) ^ ((n >> 64) as u64);
+    }
 }
+
+/// A set of fingerprints (or other hashes) keyed by themselves, as [`FpMap`].
+pub type FpSet = std::collections::HashSet<u64, std::hash::BuildHasherDefault<FpHasher>>;
 
 /// What a parser knows the Redis dupefilter holds: fingerprints it added itself or was
 /// told are there, each at the shallowest depth known. Redis only ever gains members,
