@@ -306,6 +306,56 @@ async fn held_messages_stay_in_progress() {
     }
 }
 
+/// The end of a burst is not held for the batch timeout: three messages, batches of up
+/// to 100 that time out after 30 s, and all three are handed over (and acked) at once,
+/// as the last items of a crawl are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_batch_is_handed_over_once_messages_stop_coming() {
+    let s = setup(60).await;
+    let payloads = numbered(3);
+    let refs: Vec<&str> = payloads.iter().map(String::as_str).collect();
+    let (stop, seen) = (CancellationToken::new(), Seen::default());
+    let handler_seen = seen.clone();
+    let started = Instant::now();
+    let task = tokio::spawn(consume::consume_batches(
+        s.js.clone(),
+        s.spider.clone(),
+        s.options(200),
+        Batching {
+            size: 100,
+            timeout: Duration::from_secs(30),
+        },
+        Metrics::new(),
+        stop.clone(),
+        move |msgs| {
+            for m in &msgs {
+                record(&handler_seen, m);
+            }
+            async move { vec![Disposition::Ack; msgs.len()] }
+        },
+    ));
+    let run = Loop { stop, task, seen };
+    s.publish(&refs).await;
+    wait_for(
+        "all three handed over, long before the 30 s timeout",
+        Duration::from_secs(10),
+        || run.taken() == 3,
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let ack_pending = async {
+        for _ in 0..50 {
+            if s.ack_pending().await == 0 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    assert!(ack_pending.await, "the partial batch was acked");
+    run.stop().await;
+}
+
 /// A stop with work in flight: the drain deadline passes, and every held message is
 /// handed back at once; another consumer gets all of them well before `ack_wait`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

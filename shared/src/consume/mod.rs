@@ -73,7 +73,8 @@ pub struct ConsumeOptions {
 pub struct Batching {
     /// Messages a batch holds at most.
     pub size: usize,
-    /// A batch is handed over this long after its first message came, full or not.
+    /// A batch is handed over this long after its first message came, full or not
+    /// (sooner once no message has come for 10 ms: the end of a burst is not held).
     pub timeout: Duration,
 }
 
@@ -117,6 +118,7 @@ pub async fn consume_batches<F, Fut>(
         msgs: Vec::new(),
         slots: Vec::new(),
         due: None,
+        deadline: None,
     };
     run(js, spider, opts, metrics, shutdown, dispatch).await
 }

@@ -48,12 +48,21 @@ where
     fn flush(&mut self, _: &mut Work) {}
 }
 
+/// A batch is also handed over once no message has come for this long: the end of a
+/// burst (the last items of a crawl) is not held for the whole timeout. Under a steady
+/// flow messages come far more often, and batches fill by size or time as before.
+pub(super) const QUIET_FLUSH: Duration = Duration::from_millis(10);
+
 pub(super) struct Batches<F> {
     pub(super) handler: F,
     pub(super) batching: Batching,
     pub(super) msgs: Vec<jetstream::Message>,
     pub(super) slots: Vec<OwnedSemaphorePermit>,
+    /// When the batch is handed over by time: its timeout from the first message, or
+    /// [`QUIET_FLUSH`] after the latest, whichever comes first.
     pub(super) due: Option<Instant>,
+    /// Its first message's timeout.
+    pub(super) deadline: Option<Instant>,
 }
 
 impl<F, Fut> Dispatch for Batches<F>
@@ -62,8 +71,11 @@ where
     Fut: Future<Output = Vec<Disposition>> + Send + 'static,
 {
     fn take(&mut self, msg: jetstream::Message, slot: OwnedSemaphorePermit, work: &mut Work) {
-        self.due
-            .get_or_insert_with(|| Instant::now() + self.batching.timeout);
+        let now = Instant::now();
+        let deadline = *self
+            .deadline
+            .get_or_insert_with(|| now + self.batching.timeout);
+        self.due = Some(deadline.min(now + QUIET_FLUSH));
         self.msgs.push(msg);
         self.slots.push(slot);
         if self.msgs.len() >= self.batching.size.max(1) {
@@ -77,6 +89,7 @@ where
 
     fn flush(&mut self, work: &mut Work) {
         self.due = None;
+        self.deadline = None;
         if self.msgs.is_empty() {
             return;
         }
