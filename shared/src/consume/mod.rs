@@ -31,7 +31,7 @@ use crate::topology::{self, Names, ReplayStart, Role};
 mod pull;
 mod work;
 use pull::{Pull, Received};
-use work::{Batches, Dispatch, One, Settler, Work};
+use work::{Batches, Dispatch, One, Settler, StopGate, Work};
 
 /// What is to become of a message, as its handler decides; the loop carries it out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +149,10 @@ async fn run<D: Dispatch>(
             names: names.clone(),
             stage,
             metrics: metrics.clone(),
+            stop_gate: StopGate {
+                stopping: shutdown.clone(),
+                closed: CancellationToken::new(),
+            },
         },
         progress_every: spider.streams.ack_wait() / 3,
     };
@@ -293,6 +297,8 @@ async fn run<D: Dispatch>(
     if let Some(p) = pull.take() {
         p.close(&work.settler).await;
     }
+    // Hand-backs held at the stop may go now: no pull request of ours waits.
+    work.settler.stop_gate.closed.cancel();
     tracing::info!(stage, in_flight = work.tasks.len(), "draining");
     let drained = tokio::time::timeout(opts.drain_deadline, async {
         while let Some(res) = work.tasks.join_next().await {

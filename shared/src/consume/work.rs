@@ -183,13 +183,41 @@ pub(super) struct Settler {
     pub(super) names: Names,
     pub(super) stage: &'static str,
     pub(super) metrics: Metrics,
+    pub(super) stop_gate: StopGate,
+}
+
+/// Holds back what handlers hand back at a stop until the loop has withdrawn its
+/// pull requests. Handlers see the stop when the loop does; a message handed back
+/// (nak) while the loop's pull requests still wait on the server is delivered
+/// straight back to one of them, handed back again, and reaches the next consumer a
+/// delivery later each time, on its way to looking like poison.
+#[derive(Clone)]
+pub(super) struct StopGate {
+    /// The loop's stop.
+    pub(super) stopping: CancellationToken,
+    /// Cancelled once the loop's pull requests are withdrawn (or it has none).
+    pub(super) closed: CancellationToken,
+}
+
+impl StopGate {
+    /// Longest a hand-back waits for the pull requests to be withdrawn.
+    const PATIENCE: Duration = Duration::from_secs(2);
+
+    async fn before_hand_back(&self) {
+        if self.stopping.is_cancelled() && !self.closed.is_cancelled() {
+            let _ = tokio::time::timeout(Self::PATIENCE, self.closed.cancelled()).await;
+        }
+    }
 }
 
 impl Settler {
     pub(super) async fn settle(&self, msg: &jetstream::Message, disposition: Disposition) {
         match disposition {
             Disposition::Ack => ack(msg, AckKind::Ack).await,
-            Disposition::Retry(delay) => ack(msg, AckKind::Nak(delay)).await,
+            Disposition::Retry(delay) => {
+                self.stop_gate.before_hand_back().await;
+                ack(msg, AckKind::Nak(delay)).await
+            }
             Disposition::Dead(reason) => {
                 give_up(
                     &self.js,
