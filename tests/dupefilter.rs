@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use jetcrawl_bench::servers::{RedisCluster, RedisServer};
-use jetcrawl_shared::dupefilter::{Dupefilter, MemoryDupefilter, RedisDupefilter};
+use jetcrawl_shared::dupefilter::{Dupefilter, MemoryDupefilter, RedisDupefilter, Verdict};
 
 async fn suite(df: Dupefilter, backend: &str) {
     let (a, b, c) = (0x1234_5678_9abc_def0u64, 0xfedc_ba98_7654_3210u64, 7u64);
@@ -19,6 +19,14 @@ async fn suite(df: Dupefilter, backend: &str) {
         vec![true, true, false, false],
         "{backend}: seen at its depth and deeper, news at a shallower one"
     );
+    assert_eq!(
+        df.classify(&[(a, 3), (a, 2), (b, 1)], 31).await.unwrap(),
+        vec![Verdict::Held, Verdict::Deeper, Verdict::New],
+        "{backend}: held, held only deeper, never scheduled"
+    );
+    assert_eq!(df.shallowest(a, 5).await.unwrap(), Some(3), "{backend}");
+    assert_eq!(df.shallowest(a, 2).await.unwrap(), None, "{backend}");
+    assert_eq!(df.shallowest(b, 5).await.unwrap(), None, "{backend}");
     let deeper = df
         .add_counting_deeper(&[(a, 1), (b, 2), (c, 9)], 3, 31)
         .await

@@ -218,6 +218,26 @@ impl Dedup {
         (p.fp, tracked_depth(p.request.depth, self.max_depth))
     }
 
+    /// The depth a fetched page counts at: its request's, or the shallowest depth the
+    /// dupefilter holds its URL at, if shallower. Pages in hand at once that find one
+    /// new URL at different depths publish one request ([`Dedup::fresh`]), which may be
+    /// the deeper one; the dupefilter notes the shallower, and the page's links are
+    /// planned from there, so what a depth-limited crawl reaches does not depend on
+    /// which publish came first. Redis unavailable: the request's depth.
+    pub async fn page_depth(&self, fp: u64, depth: u32) -> u32 {
+        if depth == 0 || tracked_depth(depth, self.max_depth) == 0 {
+            return depth;
+        }
+        match self.dupefilter.shallowest(fp, depth - 1).await {
+            Ok(Some(shallower)) => shallower,
+            Ok(None) => depth,
+            Err(e) => {
+                tracing::debug!(error = %e, "page depth not checked; the request's depth counts");
+                depth
+            }
+        }
+    }
+
     /// For each (fingerprint, depth), whether the dupefilter is known, without asking
     /// anyone, to have it at that depth or shallower ([`Dupefilter::knows`]).
     pub fn knows(&self, fps: &[Seen]) -> Vec<bool> {
@@ -236,9 +256,9 @@ impl Dedup {
     /// different depths publish it under one id, and JetStream's duplicate window
     /// keeps one request, so it is fetched once. A URL scheduled before only deeper
     /// keeps the id with its depth, so the window does not swallow the new, shorter
-    /// path. (Under that race the dupefilter notes the shallowest depth found, which
-    /// may be shallower than the request kept: its links are then followed from the
-    /// kept request's depth, not the shortest path's.)
+    /// path. (Under that race the request kept may be the deeper one; the dupefilter
+    /// notes the shallowest depth found, and [`Dedup::page_depth`] plans the page's
+    /// links from there.)
     pub async fn fresh(&self, requests: &[Planned]) -> Result<Vec<Planned>, ParseError> {
         let fps: Vec<Seen> = requests.iter().map(|p| self.seen(p)).collect();
         let deepest = tracked_depth(self.max_depth, self.max_depth);
@@ -248,7 +268,11 @@ impl Dedup {
             .zip(&verdicts)
             .filter_map(|(p, verdict)| match verdict {
                 Verdict::Held => None,
+                // A sitemap named by robots.txt keeps its own id: a page may also link
+                // to it, and that request (a page, one level deeper) must not be the
+                // one the duplicate window keeps.
                 Verdict::Deeper => Some(p.clone()),
+                Verdict::New if p.request.sitemap => Some(p.clone()),
                 Verdict::New => Some(Planned {
                     msg_id: first_request_id(p.fp),
                     ..p.clone()
@@ -591,6 +615,68 @@ mod tests {
         assert_eq!(again[0].msg_id, request_id(again[0].fp, 2));
         // Found at the scheduled depth or deeper: nothing.
         assert!(dedup.fresh(&deep).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_page_fetched_deeper_than_its_url_is_held_counts_at_the_shallower_depth() {
+        use jetcrawl_shared::dupefilter::MemoryDupefilter;
+        let url = Url::parse("http://a.test/p").unwrap();
+        for (max_depth, expected) in [(8, 3), (100, 5)] {
+            let planner = Planner {
+                max_depth,
+                ..planner(PolitenessPer::Host)
+            };
+            let dedup = planner.dedup(
+                Dupefilter::Memory(MemoryDupefilter::default()),
+                Metrics::new(),
+            );
+            // Two pages raced on the link: the request kept was at depth 5, the other
+            // noted depth 3.
+            let deep = planner.plan(std::slice::from_ref(&url), 5).await;
+            let shallow = planner.plan(std::slice::from_ref(&url), 3).await;
+            let (a, b) = (
+                dedup.fresh(&deep).await.unwrap(),
+                dedup.fresh(&shallow).await.unwrap(),
+            );
+            dedup.mark_sent(&a, &[], 1).await.unwrap();
+            dedup.mark_sent(&b, &[], 1).await.unwrap();
+            let fp = deep[0].fp;
+            assert_eq!(
+                dedup.page_depth(fp, 5).await,
+                expected,
+                "max_depth {max_depth}"
+            );
+            assert_eq!(
+                dedup.page_depth(fp, 2).await,
+                2,
+                "never deeper than its request"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_robots_sitemap_a_page_also_links_to_is_its_own_request() {
+        use jetcrawl_shared::dupefilter::MemoryDupefilter;
+        let url = Url::parse("http://a.test/sitemap.xml").unwrap();
+        let planner = Planner {
+            max_depth: 8,
+            ..planner(PolitenessPer::Host)
+        };
+        let dedup = planner.dedup(
+            Dupefilter::Memory(MemoryDupefilter::default()),
+            Metrics::new(),
+        );
+        let mut requests = planner.plan(std::slice::from_ref(&url), 1).await;
+        let mut sitemap = planner.plan(std::slice::from_ref(&url), 0).await;
+        sitemap[0].request.sitemap = true;
+        requests.extend(sitemap);
+        let fresh = dedup.fresh(&requests).await.unwrap();
+        assert_eq!(fresh.len(), 2);
+        assert_ne!(
+            fresh[0].msg_id, fresh[1].msg_id,
+            "the duplicate window must not take the sitemap for the link"
+        );
+        assert!(fresh[1].request.sitemap);
     }
 
     #[tokio::test]

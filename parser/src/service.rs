@@ -175,10 +175,11 @@ async fn watch_caught_up(
 }
 
 async fn handle_page(ctx: Arc<Ctx>, msg: jetstream::Message) -> Disposition {
-    let page = match Page::from_message(msg.headers.as_ref(), msg.payload.clone()) {
+    let mut page = match Page::from_message(msg.headers.as_ref(), msg.payload.clone()) {
         Ok(page) => page,
         Err(e) => return Disposition::Dead(e.to_string()),
     };
+    page.depth = ctx.dedup.page_depth(page.fingerprint, page.depth).await;
     let span = tracing::info_span!("page", url = %page.url, status = ?page.status);
     async {
         let depth = page.depth;

@@ -86,6 +86,40 @@ impl Dupefilter {
         Ok(verdicts.iter().map(|v| *v == Verdict::Held).collect())
     }
 
+    /// The shallowest depth `fp` is held at, if it is held at `upto` or shallower. One
+    /// round trip (none when this process knows it is held at depth 0).
+    pub async fn shallowest(&self, fp: u64, upto: u32) -> Result<Option<u32>, Error> {
+        let upto = upto.min(MAX_TRACKED_DEPTH);
+        match self {
+            Dupefilter::Redis(r) => {
+                if r.known().holds((fp, 0)) {
+                    return Ok(Some(0));
+                }
+                let mut batch = Batch::new(&r.conn);
+                let key = r.key(fp);
+                let mut cmd = redis::cmd("SMISMEMBER");
+                cmd.arg(&key);
+                for d in 0..=upto {
+                    cmd.arg(member(fp, d));
+                }
+                batch.add(&key, cmd, true);
+                let found = batch.query().await?;
+                let at = found
+                    .first()
+                    .and_then(|at| at.iter().position(|&x| x))
+                    .map(|d| d as u32);
+                if let Some(d) = at {
+                    r.known().note((fp, d));
+                }
+                Ok(at)
+            }
+            Dupefilter::Memory(m) => {
+                let seen = m.seen.lock().unwrap_or_else(|p| p.into_inner());
+                Ok(seen.get(&fp).copied().filter(|&at| at <= upto))
+            }
+        }
+    }
+
     /// For each (fingerprint, depth): held at that depth or shallower, held only at a
     /// deeper depth (up to `deepest`, the deepest anything is scheduled at), or new.
     /// One round trip.
@@ -417,25 +451,40 @@ fn member(fp: u64, depth: u32) -> i64 {
 /// again (std's SipHash) only costs time.
 pub type FpMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<FpHasher>>;
 
-/// The identity hasher of [`FpMap`].
+/// The hasher of [`FpMap`]: one multiplication by a per-process random odd number and a
+/// rotation. The keys are xxh3 hashes of URLs a site chooses, and xxh3 has no secret: a
+/// hostile page could pick links whose hashes share their low bits (a table's bucket
+/// index) and make every lookup walk one long chain. The random factor puts bits from
+/// the whole key, scrambled in a way no page can predict, where the index is taken.
 #[derive(Default, Clone, Copy)]
 pub struct FpHasher(u64);
+
+impl FpHasher {
+    fn mix(n: u64) -> u64 {
+        static FACTOR: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let factor = *FACTOR.get_or_init(|| {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(0x9e37_79b9_7f4a_7c15u64) | 1
+        });
+        n.wrapping_mul(factor).rotate_left(32)
+    }
+}
 
 impl std::hash::Hasher for FpHasher {
     fn finish(&self) -> u64 {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        // Only u64 keys are hashed (write_u64); anything else is folded in.
+        // Only u64 and u128 keys are hashed; anything else is folded in.
         for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+            self.0 = Self::mix(self.0.rotate_left(8) ^ u64::from(b));
         }
     }
     fn write_u64(&mut self, n: u64) {
-        self.0 = n;
+        self.0 = Self::mix(n);
     }
     fn write_u128(&mut self, n: u128) {
-        self.0 = (n as u64) ^ ((n >> 64) as u64);
+        self.0 = Self::mix((n as u64) ^ ((n >> 64) as u64));
     }
 }
 
@@ -527,6 +576,21 @@ impl MemoryDupefilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_alike_in_their_low_bits_spread_over_a_table() {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let build = BuildHasherDefault::<FpHasher>::default();
+        // A hostile page's links, chosen so their hashes share the low 32 bits.
+        let low: std::collections::HashSet<u64> = (0..1000u64)
+            .map(|i| build.hash_one((i << 32) | 0xabcd) & 0xffff)
+            .collect();
+        assert!(low.len() > 900, "{} distinct bucket indexes", low.len());
+        let wide: std::collections::HashSet<u64> = (0..1000u128)
+            .map(|i| build.hash_one((i << 96) | 0xabcd) & 0xffff)
+            .collect();
+        assert!(wide.len() > 900, "{} distinct bucket indexes", wide.len());
+    }
 
     #[test]
     fn known_seen_keeps_the_shallowest_depth_and_two_generations() {
