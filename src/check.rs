@@ -118,19 +118,7 @@ async fn fetch(spider: &CompiledSpider, url: &Url) -> anyhow::Result<Page> {
         spider.spider.politeness.concurrency_per_host,
     );
     let fetcher = Fetcher::new(Arc::new(spider), options, Metrics::new())?;
-    let req = CrawlRequest {
-        url: url.to_string(),
-        depth: 0,
-        tries: 0,
-        not_before_ms: None,
-        page_id: None,
-        last_error: None,
-        key: None,
-        sitemap: false,
-        lastmod: None,
-        etag: None,
-        last_modified: None,
-    };
+    let req = CrawlRequest::new(url.to_string(), 0);
     match fetcher.fetch(&req, None).await {
         FetchOutcome::Page(page) => Ok(*page),
         FetchOutcome::Retry { request, .. } => {

@@ -173,6 +173,36 @@ impl Setup {
         Loop { stop, task, seen }
     }
 
+    /// [`consume::consume_batches`] with `max_in_flight` slots; `decide(n)` gives the
+    /// dispositions of a batch of `n` (each message recorded as seen).
+    fn consume_batches<Fut>(
+        &self,
+        max_in_flight: usize,
+        batching: Batching,
+        decide: impl Fn(usize) -> Fut + Send + Sync + 'static,
+    ) -> Loop
+    where
+        Fut: std::future::Future<Output = Vec<Disposition>> + Send + 'static,
+    {
+        let (stop, seen) = (CancellationToken::new(), Seen::default());
+        let handler_seen = seen.clone();
+        let task = tokio::spawn(consume::consume_batches(
+            self.js.clone(),
+            self.spider.clone(),
+            self.options(max_in_flight),
+            batching,
+            Metrics::new(),
+            stop.clone(),
+            move |msgs| {
+                for m in &msgs {
+                    record(&handler_seen, m);
+                }
+                decide(msgs.len())
+            },
+        ));
+        Loop { stop, task, seen }
+    }
+
     /// A loop that acks everything.
     fn acking(&self) -> Loop {
         self.consume(8, |_, _, _| async { Disposition::Ack })
@@ -262,29 +292,14 @@ async fn held_messages_stay_in_progress() {
         let refs: Vec<&str> = payloads.iter().map(String::as_str).collect();
         s.publish(&refs).await;
         let run = if batched {
-            let (stop, seen) = (CancellationToken::new(), Seen::default());
-            let handler_seen = seen.clone();
-            let task = tokio::spawn(consume::consume_batches(
-                s.js.clone(),
-                s.spider.clone(),
-                s.options(12),
-                Batching {
-                    size: 3,
-                    timeout: Duration::from_millis(100),
-                },
-                Metrics::new(),
-                stop.clone(),
-                move |msgs| {
-                    for m in &msgs {
-                        record(&handler_seen, m);
-                    }
-                    async move {
-                        tokio::time::sleep(hold).await;
-                        vec![Disposition::Ack; msgs.len()]
-                    }
-                },
-            ));
-            Loop { stop, task, seen }
+            let batching = Batching {
+                size: 3,
+                timeout: Duration::from_millis(100),
+            };
+            s.consume_batches(12, batching, move |n| async move {
+                tokio::time::sleep(hold).await;
+                vec![Disposition::Ack; n]
+            })
         } else {
             s.consume(12, move |_, _, _| async move {
                 tokio::time::sleep(hold).await;
@@ -314,27 +329,12 @@ async fn a_partial_batch_is_handed_over_once_messages_stop_coming() {
     let s = setup(60).await;
     let payloads = numbered(3);
     let refs: Vec<&str> = payloads.iter().map(String::as_str).collect();
-    let (stop, seen) = (CancellationToken::new(), Seen::default());
-    let handler_seen = seen.clone();
     let started = Instant::now();
-    let task = tokio::spawn(consume::consume_batches(
-        s.js.clone(),
-        s.spider.clone(),
-        s.options(200),
-        Batching {
-            size: 100,
-            timeout: Duration::from_secs(30),
-        },
-        Metrics::new(),
-        stop.clone(),
-        move |msgs| {
-            for m in &msgs {
-                record(&handler_seen, m);
-            }
-            async move { vec![Disposition::Ack; msgs.len()] }
-        },
-    ));
-    let run = Loop { stop, task, seen };
+    let batching = Batching {
+        size: 100,
+        timeout: Duration::from_secs(30),
+    };
+    let run = s.consume_batches(200, batching, |n| async move { vec![Disposition::Ack; n] });
     s.publish(&refs).await;
     wait_for(
         "all three handed over, long before the 30 s timeout",

@@ -145,19 +145,10 @@ impl Planner {
             },
             msg_id: request_id(fp, tracked_depth(depth, self.max_depth)),
             request: CrawlRequest {
-                url: url.to_string(),
-                depth,
-                tries: 0,
-                not_before_ms: None,
-                page_id: None,
-                last_error: None,
                 // Only an address needs carrying: host and domain keys are derived
                 // from the URL the same way everywhere.
                 key: (self.keys.per() == PolitenessPer::Ip).then_some(key),
-                sitemap: false,
-                lastmod: None,
-                etag: None,
-                last_modified: None,
+                ..CrawlRequest::new(url.to_string(), depth)
             },
         }
     }

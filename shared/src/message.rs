@@ -124,6 +124,23 @@ pub fn first_request_id(fp: u64) -> String {
 }
 
 impl CrawlRequest {
+    /// A first request for `url` at `depth`: no tries yet, nothing carried over.
+    pub fn new(url: String, depth: u32) -> CrawlRequest {
+        CrawlRequest {
+            url,
+            depth,
+            tries: 0,
+            not_before_ms: None,
+            page_id: None,
+            last_error: None,
+            key: None,
+            sitemap: false,
+            lastmod: None,
+            etag: None,
+            last_modified: None,
+        }
+    }
+
     /// The message id of the page this request produces.
     pub fn page_msg_id(&self, fp: u64) -> String {
         self.page_id

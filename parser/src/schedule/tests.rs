@@ -18,6 +18,19 @@ fn planner(per: PolitenessPer) -> Planner {
     }
 }
 
+/// A planner with `max_depth` and the in-memory dupefilter behind it.
+fn with_memory_dedup(max_depth: u32) -> (Planner, Dedup) {
+    let planner = Planner {
+        max_depth,
+        ..planner(PolitenessPer::Host)
+    };
+    let dedup = planner.dedup(
+        Dupefilter::Memory(jetcrawl_shared::dupefilter::MemoryDupefilter::default()),
+        Metrics::new(),
+    );
+    (planner, dedup)
+}
+
 #[tokio::test]
 async fn plan_partitions_by_host_and_ids_by_fingerprint_and_depth() {
     let urls = vec![
@@ -57,17 +70,9 @@ async fn render_urls_go_to_the_render_subject_of_the_same_partition() {
 
 #[tokio::test]
 async fn a_crawl_not_limited_by_depth_schedules_each_url_once() {
-    use jetcrawl_shared::dupefilter::MemoryDupefilter;
     let url = Url::parse("http://a.test/p").unwrap();
     for (max_depth, scheduled_again) in [(8, true), (100, false)] {
-        let planner = Planner {
-            max_depth,
-            ..planner(PolitenessPer::Host)
-        };
-        let dedup = planner.dedup(
-            Dupefilter::Memory(MemoryDupefilter::default()),
-            Metrics::new(),
-        );
+        let (planner, dedup) = with_memory_dedup(max_depth);
         let deep = planner.plan(std::slice::from_ref(&url), 5).await;
         let sent = dedup.fresh(&deep).await.unwrap();
         dedup.mark_sent(&sent, &[], 1).await.unwrap();
@@ -84,16 +89,8 @@ async fn a_crawl_not_limited_by_depth_schedules_each_url_once() {
 
 #[tokio::test]
 async fn a_new_url_found_at_two_depths_at_once_is_one_request_a_shorter_path_later_another() {
-    use jetcrawl_shared::dupefilter::MemoryDupefilter;
     let url = Url::parse("http://a.test/p").unwrap();
-    let planner = Planner {
-        max_depth: 8,
-        ..planner(PolitenessPer::Host)
-    };
-    let dedup = planner.dedup(
-        Dupefilter::Memory(MemoryDupefilter::default()),
-        Metrics::new(),
-    );
+    let (planner, dedup) = with_memory_dedup(8);
     // Two pages in hand (depths 3 and 2) find the URL before either adds it.
     let deep = planner.plan(std::slice::from_ref(&url), 4).await;
     let shallow = planner.plan(std::slice::from_ref(&url), 3).await;
@@ -119,17 +116,9 @@ async fn a_new_url_found_at_two_depths_at_once_is_one_request_a_shorter_path_lat
 
 #[tokio::test]
 async fn a_page_fetched_deeper_than_its_url_is_held_counts_at_the_shallower_depth() {
-    use jetcrawl_shared::dupefilter::MemoryDupefilter;
     let url = Url::parse("http://a.test/p").unwrap();
     for (max_depth, expected) in [(8, 3), (100, 5)] {
-        let planner = Planner {
-            max_depth,
-            ..planner(PolitenessPer::Host)
-        };
-        let dedup = planner.dedup(
-            Dupefilter::Memory(MemoryDupefilter::default()),
-            Metrics::new(),
-        );
+        let (planner, dedup) = with_memory_dedup(max_depth);
         // Two pages raced on the link: the request kept was at depth 5, the other
         // noted depth 3.
         let deep = planner.plan(std::slice::from_ref(&url), 5).await;
@@ -156,16 +145,8 @@ async fn a_page_fetched_deeper_than_its_url_is_held_counts_at_the_shallower_dept
 
 #[tokio::test]
 async fn a_robots_sitemap_a_page_also_links_to_is_its_own_request() {
-    use jetcrawl_shared::dupefilter::MemoryDupefilter;
     let url = Url::parse("http://a.test/sitemap.xml").unwrap();
-    let planner = Planner {
-        max_depth: 8,
-        ..planner(PolitenessPer::Host)
-    };
-    let dedup = planner.dedup(
-        Dupefilter::Memory(MemoryDupefilter::default()),
-        Metrics::new(),
-    );
+    let (planner, dedup) = with_memory_dedup(8);
     let mut requests = planner.plan(std::slice::from_ref(&url), 1).await;
     let mut sitemap = planner.plan(std::slice::from_ref(&url), 0).await;
     sitemap[0].request.sitemap = true;

@@ -101,19 +101,7 @@ async fn seed(js: &jetstream::Context, names: &Names, pages: usize) -> Result<()
     let subject = names.frontier_subject(0);
     futures::stream::iter(0..pages)
         .map(|i| {
-            let request = CrawlRequest {
-                url: url(i),
-                depth: 3,
-                tries: 0,
-                not_before_ms: None,
-                page_id: None,
-                last_error: None,
-                key: None,
-                sitemap: false,
-                lastmod: None,
-                etag: None,
-                last_modified: None,
-            };
+            let request = CrawlRequest::new(url(i), 3);
             let publish = PublishMessage::build()
                 .payload(Bytes::from(
                     serde_json::to_vec(&request).unwrap_or_default(),
