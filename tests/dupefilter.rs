@@ -260,3 +260,89 @@ async fn a_master_down_fails_requests_until_it_is_back() {
         );
     }
 }
+
+/// Two pages raced on a new link and the deeper request was the one JetStream kept
+/// (one message id for a new URL): its page reaches the parser at depth 6 while the
+/// dupefilter holds its URL at depth 2. The parser plans the page's links from depth
+/// 2, as if the shorter path's request had been kept, so a depth-limited crawl loses
+/// nothing to the race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_counts_at_the_shallowest_depth_its_url_is_held_at() {
+    use crate::common::jetstream::{self, stored_messages, stream_name};
+    use crate::common::{Harness, HarnessOptions, Role};
+    use async_nats::jetstream::message::PublishMessage;
+    use jetcrawl_shared::canon::url_fingerprint;
+    use jetcrawl_shared::message::{CrawlRequest, Page};
+    use jetcrawl_shared::topology::Names;
+
+    let h = Harness::start(HarnessOptions::default()).await;
+    let parser = h.spawn(Role::Parser);
+    let js = jetstream::connect(&h.nats.url()).await;
+    let ready = Instant::now();
+    // The parser's consumer on PAGES (and so the stream) exists.
+    while js
+        .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+            "parser",
+            stream_name(&h.crawl, "PAGES"),
+        )
+        .await
+        .is_err()
+    {
+        assert!(
+            ready.elapsed() < Duration::from_secs(30),
+            "the parser's consumer never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let raced = url::Url::parse(&h.site.url("/catalogue/raced_7/index.html")).unwrap();
+    let link = h.site.url("/catalogue/found-past-the-race_8/index.html");
+    let df = RedisDupefilter::connect(&h.redis.url(), &h.crawl)
+        .await
+        .expect("redis");
+    Dupefilter::Redis(df)
+        .add(&[(url_fingerprint(&raced), 2)])
+        .await
+        .unwrap();
+    let body = format!("<html><body><h1>Raced</h1><a href=\"{link}\">on</a></body></html>");
+    let page = Page::html(raced, 6, body);
+    let names = Names::new(&h.crawl);
+    let publish = PublishMessage::build()
+        .payload(page.body.clone())
+        .headers(page.to_headers());
+    js.send_publish(names.pages_subject(), publish)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let partitions = jetcrawl_shared::CompiledSpider::load(&h.spider)
+        .expect("spider")
+        .spider
+        .streams
+        .partitions;
+    let started = Instant::now();
+    let request = loop {
+        let frontier = stream_name(&h.crawl, "FRONTIER");
+        let mut found = None;
+        for p in 0..partitions {
+            for m in stored_messages(&js, &frontier, &names.frontier_subject(p)).await {
+                let r: CrawlRequest = serde_json::from_slice(&m.payload).unwrap();
+                if r.url == link {
+                    found = Some(r);
+                }
+            }
+        }
+        if let Some(r) = found {
+            break r;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the parser scheduled no request for the page's link"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        request.depth, 3,
+        "the link is planned from the depth the dupefilter holds (2), not the page's (6)"
+    );
+    parser.assert_running();
+}
