@@ -95,23 +95,7 @@ impl Dupefilter {
                 if r.known().holds((fp, 0)) {
                     return Ok(Some(0));
                 }
-                let mut batch = Batch::new(&r.conn);
-                let key = r.key(fp);
-                let mut cmd = redis::cmd("SMISMEMBER");
-                cmd.arg(&key);
-                for d in 0..=upto {
-                    cmd.arg(member(fp, d));
-                }
-                batch.add(&key, cmd, true);
-                let found = batch.query().await?;
-                let at = found
-                    .first()
-                    .and_then(|at| at.iter().position(|&x| x))
-                    .map(|d| d as u32);
-                if let Some(d) = at {
-                    r.known().note((fp, d));
-                }
-                Ok(at)
+                Ok(r.first_held(&[(fp, upto)]).await?.pop().flatten())
             }
             Dupefilter::Memory(m) => {
                 let seen = m.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -282,35 +266,47 @@ impl RedisDupefilter {
         if ask.is_empty() {
             return Ok(verdicts);
         }
+        let asks: Vec<Seen> = ask
+            .iter()
+            .map(|&i| (fps[i].0, fps[i].1.max(deepest)))
+            .collect();
+        let held = self.first_held(&asks).await?;
+        for (&i, at) in ask.iter().zip(held) {
+            verdicts[i] = match at {
+                Some(d) if d <= fps[i].1 => Verdict::Held,
+                Some(_) => Verdict::Deeper,
+                None => Verdict::New,
+            };
+        }
+        Ok(verdicts)
+    }
+
+    /// For each (fingerprint, up to a depth): the shallowest depth it is held at, if
+    /// any up to that depth (one `SMISMEMBER` each, all in one round trip); what is
+    /// found is noted in [`KnownSeen`].
+    async fn first_held(&self, asks: &[Seen]) -> Result<Vec<Option<u32>>, Error> {
         let mut batch = Batch::new(&self.conn);
-        for &i in &ask {
-            let (fp, depth) = fps[i];
+        for &(fp, upto) in asks {
             let key = self.key(fp);
             let mut cmd = redis::cmd("SMISMEMBER");
             cmd.arg(&key);
-            for d in 0..=depth.max(deepest).min(MAX_TRACKED_DEPTH) {
+            for d in 0..=upto.min(MAX_TRACKED_DEPTH) {
                 cmd.arg(member(fp, d));
             }
             batch.add(&key, cmd, true);
         }
         let found = batch.query().await?;
         let mut known = self.known();
-        for (&i, at) in ask.iter().zip(&found) {
-            let (fp, depth) = fps[i];
-            // `at[d]`: held at depth d.
-            verdicts[i] = match at.iter().position(|&x| x) {
-                Some(d) if d as u32 <= depth => {
-                    known.note(fps[i]);
-                    Verdict::Held
-                }
-                Some(d) => {
-                    known.note((fp, d as u32));
-                    Verdict::Deeper
-                }
-                None => Verdict::New,
-            };
-        }
-        Ok(verdicts)
+        Ok(asks
+            .iter()
+            .zip(&found)
+            .map(|(&(fp, _), at)| {
+                // `at[d]`: held at depth d.
+                let d = at.iter().position(|&x| x)? as u32;
+                known.note((fp, d));
+                Some(d)
+            })
+            .collect())
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, KnownSeen> {
